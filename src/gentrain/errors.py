@@ -1,0 +1,21 @@
+"""Errors a user can fix. The CLI prints them as one line (no traceback unless HYDRA_FULL_ERROR=1)."""
+
+
+class GentrainError(Exception):
+    """Base class: a problem with the user's input, not a bug in gentrain."""
+
+
+class ConfigError(GentrainError):
+    """A config that composes but cannot work (batch size 0, an image size a model cannot take...)."""
+
+
+class DataError(GentrainError):
+    """Missing, truncated or corrupt dataset files, or a failed download."""
+
+
+class CheckpointError(GentrainError):
+    """A checkpoint that cannot be read or does not belong to this run's model."""
+
+
+class NonFiniteError(GentrainError):
+    """Training produced NaN or infinite losses or gradients and the policy says to stop."""

@@ -1,0 +1,24 @@
+"""The model registry. Adding a model: write `<name>.py` with a config dataclass and a GenerativeModel
+subclass, list it in MODELS, and add `configs/model/<name>.yaml`."""
+
+from __future__ import annotations
+
+from gentrain.data.base import DataInfo
+from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
+from gentrain.models.vae import VAE
+
+MODELS: dict[str, type[GenerativeModel]] = {
+    "vae": VAE,
+}
+
+
+def model_name(cfg: object) -> str:
+    """The registry name of the model a config (a schema instance) describes."""
+    return next(name for name, cls in MODELS.items() if type(cfg) is cls.config_class)
+
+
+def build_model(cfg: object, data: DataInfo) -> GenerativeModel:
+    return MODELS[model_name(cfg)](cfg, data)
+
+
+__all__ = ["MODELS", "GenerativeModel", "LossOutput", "OptimizerSpec", "Update", "build_model", "model_name"]

@@ -1,0 +1,336 @@
+"""The one training loop. It knows models only through the GenerativeModel interface (models/base.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from gentrain.checkpoint import CheckpointManager
+from gentrain.config import NonFinitePolicy, Precision, TrainerConfig
+from gentrain.data.base import ImageDataset
+from gentrain.data.batches import Batch, TrainBatches, eval_batches
+from gentrain.ema import EMA
+from gentrain.errors import ConfigError, NonFiniteError
+from gentrain.logger import RunLogger, write_json
+from gentrain.models.base import GenerativeModel, LossOutput, Update
+from gentrain.optim import build_optimizer, build_scheduler
+from gentrain.runtime import autocast, check_precision, peak_memory_mb
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Trains any GenerativeModel: updates, precision, clipping, EMA, evaluation, samples and checkpoints."""
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        dataset: ImageDataset,
+        cfg: TrainerConfig,
+        *,
+        run_dir: Path,
+        device: torch.device,
+        seed: int,
+        identity: dict[str, Any],
+        hparams: dict[str, Any],
+    ):
+        check_precision(cfg.precision, device)
+        self.cfg = cfg
+        self.device = device
+        self.seed = seed
+        self.run_dir = run_dir
+        self.identity = identity  # model name, model config and data shape: checked when a checkpoint loads
+        self.hparams = hparams
+        self.model = model.to(device)
+        self.dataset = dataset.to(device)
+        self.use_labels = bool(getattr(model, "conditional", False))
+
+        self.batches = TrainBatches(
+            self.dataset.train, cfg.batch_size, seed=seed, use_labels=self.use_labels,
+            dynamic_binarization=dataset.dynamic_binarization,
+        )
+        if self.batches.steps_per_epoch == 0:
+            raise ConfigError(
+                f"trainer.batch_size={cfg.batch_size} is larger than the training split ({len(dataset.train)} images)"
+            )
+        limits = [n for n in (cfg.max_steps, cfg.max_epochs and cfg.max_epochs * self.batches.steps_per_epoch) if n]
+        self.planned_steps: Optional[int] = min(limits) if limits else None
+
+        self.optimizers = {
+            name: build_optimizer(spec.params, spec.config, cfg.lr, device)
+            for name, spec in model.optimizer_specs().items()
+        }
+        self.schedulers = {name: build_scheduler(opt, cfg, self.planned_steps) for name, opt in self.optimizers.items()}
+        self.updates: list[Update] = model.updates()
+        for update in self.updates:
+            if update.optimizer not in self.optimizers:
+                raise ValueError(f"update uses unknown optimizer {update.optimizer!r}")
+        self.params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()}
+        self.ema = EMA(model.ema_module(), cfg.ema_decay) if cfg.ema_decay else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision is Precision.fp16)
+
+        self.logger = RunLogger(run_dir)
+        self.checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.keep_checkpoints)
+        self.step = 0
+        self.best_metric = math.inf
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_skipped = 0
+        self.train_seconds = 0.0
+        self._window: dict[str, list[Tensor]] = {}
+        self._window_steps, self._window_seconds = 0, 0.0
+        # Fixed images and noise for the grids, so that steps compare.
+        vis = next(eval_batches(self.dataset.val, cfg.num_samples, use_labels=self.use_labels))
+        self.vis_batch = vis
+
+    @property
+    def _bar_disabled(self) -> Optional[bool]:
+        return None if self.cfg.progress_bar else True  # None: tqdm shows bars only on a terminal
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        log.info("training on %s (%s) for %s", self.device, cfg.precision.value, self._limits_text())
+        started = time.monotonic()
+        bar = tqdm(total=self.planned_steps, initial=self.step, desc="train", unit="step",
+                   disable=self._bar_disabled, dynamic_ncols=True)
+        with logging_redirect_tqdm(), bar:
+            while not self._should_stop(started):
+                tick = time.perf_counter()
+                self._train_step(next(self.batches))
+                self.step += 1
+                elapsed = time.perf_counter() - tick
+                self.train_seconds += elapsed
+                self._window_steps += 1
+                self._window_seconds += elapsed
+                bar.update(1)
+                if self.step % cfg.log_every == 0:
+                    bar.set_postfix(self._log_train(), refresh=False)
+                if self._should_stop(started):
+                    break
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self._evaluate_and_save()
+        return self._finish()
+
+    def _limits_text(self) -> str:
+        parts = [f"{self.cfg.max_steps} steps" if self.cfg.max_steps else None,
+                 f"{self.cfg.max_epochs} epochs ({self.batches.steps_per_epoch} steps each)" if self.cfg.max_epochs else None,
+                 f"{self.cfg.max_minutes} minutes" if self.cfg.max_minutes else None]
+        return " or ".join(p for p in parts if p) + ", whichever comes first"
+
+    def _should_stop(self, started: float) -> bool:
+        cfg = self.cfg
+        return bool(
+            (cfg.max_steps and self.step >= cfg.max_steps)
+            or (cfg.max_epochs and self.batches.epoch >= cfg.max_epochs)
+            or (cfg.max_minutes and time.monotonic() - started >= 60.0 * cfg.max_minutes)
+        )
+
+    def _train_step(self, batch: Batch) -> None:
+        for update in self.updates:
+            if self.step % update.every:
+                continue
+            optimizer = self.optimizers[update.optimizer]
+            params = self.params[update.optimizer]
+            with self._only_trainable(update.optimizer), autocast(self.cfg.precision, self.device):
+                out = update.loss(batch, self.step)
+            self.scaler.scale(out.loss).backward()
+            self.scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or math.inf)
+            if not self._finite(out, grad_norm, update):
+                optimizer.zero_grad(set_to_none=True)
+                self.scaler.update()
+                continue
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if update.after_step is not None:
+                update.after_step()
+            for name, value in out.logs.items():
+                self._window.setdefault(name, []).append(value.detach().float())
+            self._window.setdefault(f"grad_norm/{update.optimizer}", []).append(grad_norm.detach().float())
+        if self.ema is not None:
+            self.ema.update()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    @contextlib.contextmanager
+    def _only_trainable(self, optimizer: str) -> Iterator[None]:
+        """Freeze the parameters of the other optimizers, so an update computes no gradients it throws away."""
+        if len(self.params) == 1:
+            yield
+            return
+        own = {id(p) for p in self.params[optimizer]}
+        frozen = [p for name, ps in self.params.items() if name != optimizer for p in ps if id(p) not in own]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _finite(self, out: LossOutput, grad_norm: Tensor, update: Update) -> bool:
+        """Check loss and gradient norm before the optimizer step (one device sync per update)."""
+        checks = [out.loss.detach().float().reshape(())]
+        if not self.scaler.is_enabled():  # with fp16 the scaler itself skips steps with overflowing gradients
+            checks.append(grad_norm.detach().float().reshape(()))
+        if bool(torch.isfinite(torch.stack(checks)).all()):
+            self.nonfinite_in_a_row = 0
+            return True
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_skipped += 1
+        bad_terms = [name for name, value in out.logs.items() if not bool(torch.isfinite(value).all())]
+        what = "loss" if not bool(torch.isfinite(out.loss)) else "gradient"
+        message = (
+            f"non-finite {what} at step {self.step} in the '{update.optimizer}' update"
+            f" (non-finite terms: {', '.join(bad_terms) or 'none of the logged terms'})"
+        )
+        latest = self.checkpoints.latest()
+        if self.cfg.nonfinite is NonFinitePolicy.halt or self.nonfinite_in_a_row >= self.cfg.max_nonfinite:
+            reason = "trainer.nonfinite=halt" if self.cfg.nonfinite is NonFinitePolicy.halt else (
+                f"{self.nonfinite_in_a_row} in a row (trainer.max_nonfinite={self.cfg.max_nonfinite})")
+            raise NonFiniteError(
+                f"{message}; stopping: {reason}. Last good checkpoint: {latest or 'none yet'}. Try a lower "
+                f"trainer.lr, trainer.grad_clip, or trainer.precision=fp32"
+            )
+        log.warning("%s; step skipped (%d in a row, %d in total)", message, self.nonfinite_in_a_row, self.nonfinite_skipped)
+        return False
+
+    # --- logging --------------------------------------------------------------------------------------
+    def _log_train(self) -> dict[str, str]:
+        values = {f"train/{name}": float(torch.stack(vs).mean()) for name, vs in self._window.items()}
+        for name, optimizer in self.optimizers.items():
+            values[f"lr/{name}"] = optimizer.param_groups[0]["lr"]
+        images_per_sec = self._window_steps * self.cfg.batch_size / max(self._window_seconds, 1e-9)
+        values["perf/images_per_sec"] = images_per_sec
+        values["perf/max_memory_mb"] = peak_memory_mb(self.device)
+        values["train/epoch"] = self.batches.epoch + self.batches.position / self.batches.steps_per_epoch
+        if self.nonfinite_skipped:
+            values["train/nonfinite_steps_skipped"] = self.nonfinite_skipped
+        self.logger.scalars(values, self.step)
+        self._window, self._window_steps, self._window_seconds = {}, 0, 0.0
+        postfix = {"loss": f"{values.get('train/loss', float('nan')):.4g}", "img/s": f"{images_per_sec:.0f}"}
+        if "train/bits_per_dim" in values:
+            postfix["bpd"] = f"{values['train/bits_per_dim']:.4f}"
+        return postfix
+
+    # --- evaluation -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode, EMA weights when enabled, and a fixed seed that leaves the training RNG untouched."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(self.seed + 1)
+            ema = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+            self.model.eval()
+            try:
+                with ema:
+                    yield
+            finally:
+                self.model.train()
+
+    def evaluate(self, split_name: str, *, final: bool = False) -> dict[str, float]:
+        """Mean metrics over the split (its first trainer.eval_limit images when set)."""
+        split = getattr(self.dataset, split_name)
+        sums: dict[str, Tensor] = {}
+        count = 0
+        n = self.eval_images(split_name)
+        batches = eval_batches(split, self.cfg.eval_batch_size, use_labels=self.use_labels, limit=n)
+        with self._eval_mode():
+            for batch in tqdm(batches, total=math.ceil(n / self.cfg.eval_batch_size), desc=f"eval {split_name}",
+                              leave=False, disable=self._bar_disabled):
+                with autocast(self.cfg.precision, self.device):
+                    values = self.model.evaluate(batch, final=final)
+                for name, value in values.items():
+                    total = value.detach().float().sum(0)
+                    sums[name] = sums[name] + total if name in sums else total
+                count += len(batch)
+            metrics = self.model.summarize({name: total / count for name, total in sums.items()})
+        return metrics
+
+    def eval_images(self, split_name: str) -> int:
+        size = len(getattr(self.dataset, split_name))
+        return size if self.cfg.eval_limit is None else min(size, self.cfg.eval_limit)
+
+    def _visualize(self) -> None:
+        with self._eval_mode():
+            generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
+            grids = self.model.visualize(self.vis_batch, generator)
+        self.logger.images(grids, self.step)
+
+    def _evaluate_and_save(self) -> dict[str, float]:
+        metrics = self.evaluate("val")
+        self.logger.scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
+        self._visualize()
+        main = metrics.get(self.model.main_metric, math.inf)
+        is_best = main < self.best_metric
+        if is_best:
+            self.best_metric = main
+        self.checkpoints.save(self.state_dict(), self.step, best=is_best)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        log.info("step %d: val %s%s", self.step, shown, " (best so far)" if is_best else "")
+        self.logger.flush()
+        return metrics
+
+    def _finish(self) -> dict[str, Any]:
+        val = self._evaluate_and_save()
+        test = self.evaluate("test", final=True)
+        self.logger.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
+        log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+        notes = self.model.metric_notes()
+        for note in notes:
+            log.info("note: %s", note)
+        result = {
+            "model": self.identity["model"],
+            "dataset": self.dataset.name,
+            "main_metric": self.model.main_metric,
+            "step": self.step,
+            "epoch": self.batches.epoch,
+            "train_seconds": round(self.train_seconds, 2),
+            "nonfinite_steps_skipped": self.nonfinite_skipped,
+            "val": val,
+            "test": test,
+            "eval_images": {"val": self.eval_images("val"), "test": self.eval_images("test")},
+            "notes": notes,
+        }
+        write_json(self.run_dir / "metrics.json", result)
+        self.logger.text("notes", "\n\n".join(notes))
+        final_metrics = {f"val/{k}": v for k, v in val.items()} | {f"test/{k}": v for k, v in test.items()}
+        self.logger.hparams(self.hparams, final_metrics, self.step)
+        self.logger.close()
+        return result
+
+    # --- state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly (see checkpoint.py for how it is written)."""
+        numpy_state = np.random.get_state()
+        return {
+            "identity": self.identity,
+            "model": self.model.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "batches": self.batches.state_dict(),
+            "best_metric": self.best_metric,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "train_seconds": self.train_seconds,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
