@@ -1,0 +1,58 @@
+"""Shared fixtures: the offline datasets, in-process composition and training, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from gentrain.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GENTRAIN_DATA") or REPO.parent / "shared" / "datasets").absolute()
+
+register_configs()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/datasets (or $GENTRAIN_DATA): real MNIST and the CIFAR-10 / CelebA subsets."""
+    if not (SHARED_DATA / "MNIST").is_dir():
+        pytest.skip(f"the offline datasets are not at {SHARED_DATA} (set GENTRAIN_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Decoded-image caches go to a per-session temporary folder, never the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The config `gentrain <overrides>` would compose."""
+    with initialize_config_module(config_module="gentrain.configs", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def train_in_process(run_dir: Path, *overrides: str) -> dict:
+    """Train as the CLI would (same wiring), in this process: fast enough for many small runs."""
+    from gentrain.cli import train
+
+    cfg = compose_config(f"dataset.root={SHARED_DATA}", "trainer.progress_bar=false", *overrides)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return train(cfg, run_dir)
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m gentrain <args>` in a subprocess, with the offline datasets as $GENTRAIN_DATA."""
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update({"GENTRAIN_DATA": str(SHARED_DATA), "PYTHONUNBUFFERED": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "gentrain", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=timeout,
+    )
