@@ -1,0 +1,80 @@
+"""Mini-batches sliced from tensors that already sit on the training device: no DataLoader workers and no
+host-to-device copy per step for datasets that fit in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gentrain.data.base import ImageSplit
+
+
+@dataclass
+class Batch:
+    x: Tensor  # uint8 (B, C, H, W), integers in [0, levels)
+    y: Optional[Tensor]  # int64 class ids (B,), or None when the model is not given labels
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+class TrainBatches:
+    """Endless shuffled batches of the training split; the last partial batch of each epoch is dropped.
+
+    The order of epoch e depends only on (seed, e), and the position inside the epoch is part of the state,
+    so a resumed run sees exactly the batches the uninterrupted run would have seen.
+    """
+
+    def __init__(
+        self, split: ImageSplit, batch_size: int, *, seed: int, use_labels: bool, dynamic_binarization: bool
+    ):
+        self.images = split.images
+        self.labels = split.labels if use_labels else None
+        self.batch_size = batch_size
+        self.seed = seed
+        self.dynamic_binarization = dynamic_binarization
+        self.steps_per_epoch = len(split) // batch_size
+        self.epoch = 0
+        self.position = 0  # batches already taken from the current epoch
+        self._order: Optional[Tensor] = None
+
+    def _epoch_order(self) -> Tensor:
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))
+        return order.to(self.images.device)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._order is None:
+            self._order = self._epoch_order()
+        start = self.position * self.batch_size
+        index = self._order[start : start + self.batch_size]
+        x = self.images[index]
+        if self.dynamic_binarization:  # a fresh Bernoulli draw per batch, from the device's global RNG
+            x = (torch.rand(x.shape, device=x.device) * 255.0 < x).to(torch.uint8)
+        y = None if self.labels is None else self.labels[index]
+        self.position += 1
+        if self.position == self.steps_per_epoch:
+            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        return Batch(x, y)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
+
+
+def eval_batches(split: ImageSplit, batch_size: int, *, use_labels: bool, limit: Optional[int] = None) -> Iterator[Batch]:
+    """The split in order, in batches of `batch_size` (the last one may be smaller)."""
+    n = len(split) if limit is None else min(limit, len(split))
+    for start in range(0, n, batch_size):
+        end = min(start + batch_size, n)
+        y = split.labels[start:end] if use_labels and split.labels is not None else None
+        yield Batch(split.images[start:end], y)

@@ -1,0 +1,108 @@
+"""Downloads with a progress bar and md5 verification; nothing half-written is ever left in place."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from gentrain.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def md5sum(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(urls: Sequence[str], destination: Path, md5: str | None) -> Path:
+    """Fetch the first of `urls` that works into `destination`, verifying `md5`.
+
+    The file is written to a temporary name in the same folder and renamed only once complete and
+    verified, so an interrupted or corrupted download never looks like a good file.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for url in urls:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {destination.name}") as bar:
+                    for chunk in iter(lambda: response.read(1 << 20), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            if md5 is not None:
+                actual = md5sum(tmp)
+                if actual != md5:
+                    failures.append(f"{url}: md5 {actual} does not match the published {md5} (corrupted download)")
+                    continue
+            os.replace(tmp, destination)
+            log.info("downloaded %s from %s", destination, url)
+            return destination
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            failures.append(f"{url}: {getattr(err, 'reason', err)}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DataError(f"could not download {destination.name} ({'; '.join(failures)})")
+
+
+def missing_files_error(dataset: str, folder: Path, files: Sequence[str], hint: str = "") -> DataError:
+    """The message for data that is absent and cannot be (or may not be) downloaded."""
+    listed = ", ".join(files)
+    extra = f" {hint}" if hint else ""
+    return DataError(
+        f"{dataset} files not found: expected {listed} in {folder}. Put them there, or point dataset.root "
+        f"(or $GENTRAIN_DATA) at the folder that holds them, or download them with dataset.download=true on a "
+        f"machine with internet access{extra}"
+    )
+
+
+def fetch_missing(
+    dataset: str, folder: Path, files: dict[str, str], urls_for: dict[str, list[str]], allow_download: bool
+) -> None:
+    """Download each of `files` (name -> md5) missing from `folder`, or explain what is missing."""
+    missing = [name for name in files if not (folder / name).exists()]
+    if not missing:
+        return
+    if not allow_download:
+        raise missing_files_error(dataset, folder, missing, "(dataset.download=false)")
+    for name in missing:
+        try:
+            download(urls_for[name], folder / name, files[name])
+        except DataError as err:
+            raise DataError(f"{err}. {missing_files_error(dataset, folder, missing)}") from err
+
+
+def extract_tar(archive: Path, destination: Path) -> None:
+    """Unpack a tar archive, refusing members that would land outside `destination`."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        try:
+            tar.extractall(destination, filter="data")
+        except TypeError:  # Python < 3.10.12 has no extraction filters
+            root = destination.resolve()
+            for member in tar.getmembers():
+                if not (destination / member.name).resolve().is_relative_to(root):
+                    raise DataError(f"refusing to extract {member.name} from {archive}: it points outside {root}")
+            tar.extractall(destination)
+
+
+def copy_atomic(source: Path, destination: Path) -> None:
+    tmp = destination.with_name(f".{destination.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, destination)

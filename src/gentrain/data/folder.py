@@ -1,0 +1,73 @@
+"""Any folder of PNG/JPEG images, optionally with one sub-folder per class.
+
+Images are centre-cropped to a square, resized and cached like CelebA; validation and test images are held
+out at random (seeded), since a plain folder has no official split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import MISSING
+
+from gentrain.data.base import DatasetConfig, ImageDataset, ImageSplit, hold_out
+from gentrain.data.images import cached_arrays, decode_images, file_fingerprint
+from gentrain.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {".png", ".jpg", ".jpeg"}
+
+
+@dataclass
+class FolderConfig(DatasetConfig):
+    path: str = MISSING  # the image folder (required)
+    image_size: int = 64
+    crop: Optional[int] = None  # centre crop side before resizing; null = the short side
+    channels: int = 3  # 3 = RGB, 1 = greyscale
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+
+
+def _find_images(folder: Path) -> tuple[list[Path], Optional[list[int]], list[str]]:
+    """-> image paths, class ids (when every image sits in a class sub-folder) and class names."""
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    if not paths:
+        raise DataError(f"no PNG or JPEG images found under {folder}")
+    parents = {p.parent for p in paths}
+    if folder not in parents and all(p.parent.parent == folder for p in paths):
+        classes = sorted(p.name for p in parents)
+        index = {name: i for i, name in enumerate(classes)}
+        return paths, [index[p.parent.name] for p in paths], classes
+    return paths, None, []
+
+
+def load_folder(cfg: FolderConfig, root: Path) -> ImageDataset:
+    del root  # a folder dataset names its own path
+    folder = Path(cfg.path).expanduser().absolute()
+    if not folder.is_dir():
+        raise DataError(f"dataset.path={cfg.path} is not a folder")
+    if cfg.channels not in (1, 3):
+        raise ConfigError(f"dataset.channels must be 1 or 3, got {cfg.channels}")
+    if not 0.0 < cfg.val_fraction + cfg.test_fraction < 1.0:
+        raise ConfigError("dataset.val_fraction + dataset.test_fraction must be in (0, 1)")
+    paths, class_ids, classes = _find_images(folder)
+    key = {
+        "dataset": "folder", "folder": str(folder), "size": cfg.image_size, "crop": cfg.crop,
+        "channels": cfg.channels, "files": file_fingerprint(paths),
+    }
+    images = cached_arrays(
+        folder, f"folder-{folder.name}", key,
+        lambda: {"images": decode_images(paths, cfg.image_size, cfg.crop, cfg.channels, desc=f"decode {folder.name}")},
+    )["images"]
+    labels = None if class_ids is None else torch.tensor(class_ids, dtype=torch.int64)
+    everything = ImageSplit(torch.from_numpy(images), labels)
+    rest, test = hold_out(everything, cfg.test_fraction, cfg.split_seed)
+    train, val = hold_out(rest, cfg.val_fraction / (1.0 - cfg.test_fraction), cfg.split_seed + 1)
+    if classes:
+        log.info("folder dataset %s: %d classes from sub-folders (%s)", folder, len(classes), ", ".join(classes[:10]))
+    return ImageDataset(f"folder:{folder.name}", train, val, test, num_classes=len(classes) or None)

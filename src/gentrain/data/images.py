@@ -1,0 +1,114 @@
+"""Decoding image files once: centre-crop, resize, and cache the uint8 array so later runs start in seconds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from gentrain.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 images (N, C, H, W) to size x size."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def _decode_one(path: Path, size: int, crop: Optional[int], channels: int) -> np.ndarray:
+    with Image.open(path) as image:
+        image = image.convert("RGB" if channels == 3 else "L")
+        width, height = image.size
+        side = min(width, height) if not crop else min(crop, width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+        image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+        array = np.asarray(image, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def decode_images(paths: Sequence[Path], size: int, crop: Optional[int], channels: int, desc: str) -> np.ndarray:
+    """Decode, centre-crop (to `crop`, or the short side) and resize every file -> uint8 (N, C, size, size).
+
+    Unreadable files are collected and reported together, by name.
+    """
+    failures: list[str] = []
+
+    def load(path: Path) -> Optional[np.ndarray]:
+        try:
+            return _decode_one(path, size, crop, channels)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            failures.append(f"{path.name} ({err})")
+            return None
+
+    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
+        for i, array in enumerate(tqdm(pool.map(load, paths), total=len(paths), desc=desc, unit="img")):
+            if array is not None:
+                out[i] = array
+    if failures:
+        shown = ", ".join(failures[:10]) + (f" and {len(failures) - 10} more" if len(failures) > 10 else "")
+        raise DataError(f"{len(failures)} image file(s) could not be read in {paths[0].parent}: {shown}")
+    return out
+
+
+def file_fingerprint(paths: Sequence[Path]) -> str:
+    """A digest of names, sizes and modification times: changes when any file does."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def cache_dir_for(data_dir: Path) -> Optional[Path]:
+    """Beside the data when that folder is writable, else the user's cache directory."""
+    if os.access(data_dir, os.W_OK):
+        return data_dir / ".gentrain_cache"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+    return base / "gentrain"
+
+
+def cached_arrays(
+    data_dir: Path, name: str, key: dict, build: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Return the arrays cached under `key`, building and saving them (atomically) on the first call."""
+    key = {**key, "version": CACHE_VERSION}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache_dir = cache_dir_for(data_dir)
+    path = cache_dir / f"{name}-{digest}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                log.info("loaded decoded %s from the cache %s", name, path)
+                return {k: stored[k] for k in stored.files}
+        except (OSError, ValueError) as err:
+            log.warning("ignoring an unreadable cache %s (%s); decoding again", path, err)
+    arrays = build()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        log.info("cached decoded %s in %s", name, path)
+    except OSError as err:
+        log.warning("could not cache decoded %s in %s (%s); the next run decodes again", name, cache_dir, err)
+    return arrays

@@ -1,0 +1,98 @@
+"""MNIST: 60,000 training and 10,000 test digits, 28x28 grey, read from the official IDX files.
+
+The files live in `<root>/MNIST/raw/` (torchvision's layout, so an existing torchvision download is reused),
+gzipped or not. Gzipped files are checked against the published md5s; when they are missing and
+dataset.download is true they are fetched from the mirrors below.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from gentrain.data.base import OfficialDatasetConfig, ImageDataset, ImageSplit, hold_out
+from gentrain.data.download import download, md5sum, missing_files_error
+from gentrain.data.images import resize_images
+from gentrain.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
+FILES = {  # name -> md5 of the gzipped file, as published with torchvision
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+IDX_DTYPE = {0x08: np.uint8}
+
+
+@dataclass
+class MNISTConfig(OfficialDatasetConfig):
+    val_fraction: float = 0.1  # share of the official training split held out for validation (seeded)
+    image_size: Optional[int] = None  # null keeps 28x28; e.g. 32 or 64 resizes (antialiased) for GANs
+    mirrors: list[str] = field(default_factory=lambda: list(MIRRORS))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped): a magic number, the dimensions, then the raw values."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}: {err} (the file is truncated or corrupt; delete it to re-download)")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPE:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (corrupt?)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected:
+        raise DataError(f"{path} holds {len(raw) - offset} values but its header says {expected} (truncated?)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _locate(raw_dir: Path, name: str, cfg: MNISTConfig) -> Path:
+    """The file to read for `name`: the verified .gz when present, else the uncompressed file, else download."""
+    gz = raw_dir / f"{name}.gz"
+    plain = raw_dir / name
+    if not gz.exists() and not plain.exists():
+        if not cfg.download:
+            raise missing_files_error("MNIST", raw_dir, [f"{n}.gz" for n in FILES], "(dataset.download=false)")
+        try:
+            download([m + gz.name for m in cfg.mirrors], gz, FILES[name])
+        except DataError as err:
+            raise DataError(f"{err}. {missing_files_error('MNIST', raw_dir, [f'{n}.gz' for n in FILES])}") from err
+    if gz.exists():
+        if cfg.verify and md5sum(gz) != FILES[name]:
+            raise DataError(
+                f"{gz} does not match the published md5 {FILES[name]} (corrupt or a different file): delete it "
+                f"to re-download, or set dataset.verify=false to load it anyway"
+            )
+        return gz
+    return plain
+
+
+def load_mnist(cfg: MNISTConfig, root: Path) -> ImageDataset:
+    raw_dir = root / "MNIST" / "raw"
+    arrays = {name: read_idx(_locate(raw_dir, name, cfg)) for name in FILES}
+
+    def split(images: str, labels: str) -> ImageSplit:
+        x, y = arrays[images], arrays[labels]
+        if x.ndim != 3 or x.shape[0] != y.shape[0]:
+            raise DataError(f"MNIST {images} and {labels} disagree: {x.shape} images, {y.shape} labels")
+        tensor = torch.from_numpy(x.copy()).unsqueeze(1)
+        if cfg.image_size:
+            tensor = resize_images(tensor, cfg.image_size)
+        return ImageSplit(tensor, torch.from_numpy(y.astype(np.int64)))
+
+    train, val = hold_out(split("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), cfg.val_fraction, cfg.split_seed)
+    test = split("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    return ImageDataset("mnist", train, val, test, num_classes=10)
