@@ -1,0 +1,154 @@
+"""Composition: every model x dataset pair composes, and bad configs fail with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import compose_config, run_cli
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from gentrain.cli import to_schema
+from gentrain.config import Config, TrainerConfig, check_trainer_config
+from gentrain.data import DATASETS
+from gentrain.errors import ConfigError
+from gentrain.models import MODELS
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_and_dataset_compose(model: str, dataset: str) -> None:
+    cfg = compose_config(f"model={model}", f"dataset={dataset}", "dataset.path=/images" if dataset == "folder" else "seed=0")
+    config = to_schema(cfg)
+    assert isinstance(config, Config)
+    assert type(config.model) is MODELS[model].config_class
+    assert type(config.dataset) is DATASETS[dataset].config_class
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(experiment: str) -> None:
+    config = to_schema(compose_config(f"experiment={experiment}"))
+    assert isinstance(config.trainer, TrainerConfig)
+
+
+def test_yaml_values_reach_the_schema() -> None:
+    config = to_schema(compose_config("experiment=vae_binarized_mnist", "trainer.lr=3e-4"))
+    assert config.model.arch.value == "mlp" and config.model.latent_dim == 20
+    assert config.dataset.binarize.value == "dynamic"
+    assert config.trainer.lr == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("trainer.max_stpes=1", "Key 'max_stpes' not in 'TrainerConfig'"),
+        ("model.latnet_dim=3", "Key 'latnet_dim' not in 'VAEConfig'"),
+        ("trainer.lr=abc", "trainer.lr"),
+        ("trainer.precision=fp8", "Invalid value 'fp8'"),
+    ],
+)
+def test_bad_keys_and_values_fail_at_compose_time(override: str, expected: str) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(override)
+    assert expected in str(err.value) + str(err.value.__cause__)
+
+
+def test_missing_required_value_is_named() -> None:
+    with pytest.raises(ConfigError, match="dataset.path is required"):
+        to_schema(compose_config("dataset=folder"))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_size", 0, "trainer.batch_size must be positive"),
+        ("max_steps", -5, "trainer.max_steps must be positive"),
+        ("ema_decay", 1.5, "trainer.ema_decay must be in (0, 1)"),
+    ],
+)
+def test_values_that_compose_but_cannot_work(field: str, value, message: str) -> None:
+    cfg = TrainerConfig()
+    setattr(cfg, field, value)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_trainer_config(cfg)
+
+
+def test_a_run_that_never_stops_is_refused() -> None:
+    with pytest.raises(ConfigError, match="never stop"):
+        check_trainer_config(TrainerConfig(max_steps=None, max_epochs=None, max_minutes=None))
+
+
+# --- through the real command: one clear line, no traceback, non-zero exit ------------------------
+
+
+def assert_clean_error(result, *expected: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    for text in expected:
+        assert text in output, output
+    assert "Traceback" not in output, output
+
+
+def test_cli_typo_names_the_key(tmp_path: Path) -> None:
+    result = run_cli("trainer.max_stpes=1", cwd=tmp_path)
+    assert_clean_error(result, "max_stpes", "HYDRA_FULL_ERROR")
+
+
+def test_cli_wrong_type_names_the_key(tmp_path: Path) -> None:
+    assert_clean_error(run_cli("trainer.lr=abc", cwd=tmp_path), "trainer.lr", "could not be converted")
+
+
+def test_cli_unknown_option_lists_the_available_ones(tmp_path: Path) -> None:
+    result = run_cli("model=nope", cwd=tmp_path)
+    assert_clean_error(result, "Could not find 'model/nope'", "Available options in 'model'", "vae")
+
+
+def test_cli_value_that_cannot_work_gives_one_line(tmp_path: Path) -> None:
+    result = run_cli("trainer.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_clean_error(result, "trainer.batch_size must be positive")
+    assert result.returncode == 2
+
+
+def test_cli_conditional_model_needs_labels(tmp_path: Path) -> None:
+    from synthetic import write_image_folder
+
+    images = write_image_folder(tmp_path / "faces", count=12)
+    result = run_cli(
+        "dataset=folder", f"dataset.path={images}", "dataset.image_size=32", "model.conditional=true",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )
+    assert_clean_error(result, "model.conditional=true needs class labels")
+
+
+def test_cli_unwritable_output_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"  # a path through a regular file cannot be created, even by root
+    blocker.write_text("")
+    result = run_cli("trainer=debug", f"hydra.run.dir={blocker / 'run'}", cwd=tmp_path)
+    assert_clean_error(result, "cannot write the run directory", str(blocker / "run"), "hydra.run.dir=")
+    assert result.returncode == 2
+
+
+def test_cli_full_traceback_on_request(tmp_path: Path) -> None:
+    result = run_cli("trainer.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                     env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_help_lists_groups_and_options(tmp_path: Path) -> None:
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for group in ("model: ", "dataset: celeba, cifar10, folder, mnist", "trainer: debug, default", "experiment: "):
+        assert group in result.stdout
+    assert "schema_" not in result.stdout
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+    result = run_cli("dataset=cifar10", "trainer.batch_size=7", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = OmegaConf.create(result.stdout)
+    assert printed.trainer.batch_size == 7
+    assert "val_fraction" in printed.dataset and printed.model.arch == "conv"

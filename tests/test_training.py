@@ -1,0 +1,109 @@
+"""Training end to end: through the real `gentrain` command, and in-process for the trainer's behaviour."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli, train_in_process
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gentrain.checkpoint import load_checkpoint
+from gentrain.config import LRSchedule
+from gentrain.optim import lr_factor
+
+QUICK = ("trainer=debug", "model.iw_samples=4", "trainer.eval_limit=100")
+
+
+def event_tags(run_dir: Path) -> dict[str, list[str]]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return events.Tags()
+
+
+def test_gentrain_command_writes_a_complete_run(tmp_path: Path, shared_data: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(*QUICK, "trainer.max_steps=6", "trainer.eval_every=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
+    log_text = (run_dir / "train.log").read_text()
+    assert "data: mnist" in log_text and "test:" in log_text
+    assert sorted(p.name for p in (run_dir / "samples").glob("step_*.png")) == ["step_000003.png", "step_000006.png"]
+    assert (run_dir / "samples" / "reconstructions_step_000006.png").exists()
+    assert (run_dir / "checkpoints" / "best.pt").exists()
+
+    tags = event_tags(run_dir)
+    for tag in ("train/loss", "train/neg_elbo_nats", "train/kl_nats", "train/bits_per_dim", "lr/model",
+                "perf/images_per_sec", "perf/max_memory_mb", "val/bits_per_dim", "val/neg_elbo_nats",
+                "val/active_units", "test/iw_nll_nats", "test/bits_per_dim"):
+        assert tag in tags["scalars"], tag
+    assert {"samples", "reconstructions", "interpolations"} <= set(tags["images"])
+    assert "_hparams_/experiment" in EventAccumulator(str(run_dir)).Reload().PluginTagToContent("hparams")
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 6 and metrics["main_metric"] == "bits_per_dim"
+    assert math.isfinite(metrics["test"]["iw_nll_nats"]) and metrics["eval_images"] == {"val": 100, "test": 100}
+    assert any("upper bound" in note for note in metrics["notes"])
+
+    state = load_checkpoint(run_dir / "checkpoints" / "step_00000006.pt")
+    assert state["step"] == 6 and state["identity"]["model"] == "vae"
+
+
+def test_default_output_directory_layout(tmp_path: Path, shared_data: Path) -> None:
+    result = run_cli(*QUICK, "trainer.max_steps=2", "trainer.eval_every=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = list((tmp_path / "outputs").glob("*/*/metrics.json"))
+    assert len(runs) == 1  # outputs/<date>/<time>/
+    date, time = runs[0].parent.parent.name, runs[0].parent.name
+    assert len(date) == 10 and date[4] == "-" and len(time) == 8
+
+
+def test_vae_learns_binarized_mnist(tmp_path: Path, shared_data: Path) -> None:
+    """A few hundred steps of the MLP VAE: validation bound falls and the IW bound is below the ELBO."""
+    result = train_in_process(
+        tmp_path, "experiment=vae_binarized_mnist", "trainer.max_steps=300", "trainer.eval_every=100",
+        "trainer.eval_limit=1000", "model.iw_samples=20",
+    )
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    val = [e.value for e in events.Scalars("val/neg_elbo_nats")]
+    assert val[-1] < val[0] - 30, val  # nats per image
+    assert result["test"]["iw_nll_nats"] < result["test"]["neg_elbo_nats"]
+    assert 80 < result["test"]["neg_elbo_nats"] < 200
+    assert result["test"]["active_units"] >= 5
+
+
+def test_stops_at_max_epochs_and_keeps_checkpoints(tmp_path: Path, shared_data: Path) -> None:
+    result = train_in_process(
+        tmp_path, *QUICK, "dataset=cifar10", "trainer.max_steps=null", "trainer.max_epochs=1",
+        "trainer.batch_size=400", "trainer.eval_every=3", "trainer.keep_checkpoints=2", "model.channels=[8,8]",
+    )
+    assert result["step"] == 9 and result["epoch"] == 1  # 3,600 training images / 400
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.pt"))
+    assert kept == ["step_00000006.pt", "step_00000009.pt"]
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["best_metric"] == min(best["best_metric"], result["val"]["bits_per_dim"])
+
+
+def test_ema_weights_are_used_for_evaluation(tmp_path: Path, shared_data: Path) -> None:
+    train_in_process(tmp_path, *QUICK, "trainer.max_steps=4", "trainer.ema_decay=0.5", "model.arch=mlp")
+    state = load_checkpoint(tmp_path / "checkpoints" / "step_00000004.pt")
+    live = [v for k, v in state["model"].items() if k.startswith("encoder_net.0.weight")][0]
+    averaged = state["ema"]["shadow"][0]
+    assert averaged.shape == live.shape and not torch.equal(averaged, live)
+
+
+def test_bf16_autocast_on_cpu(tmp_path: Path, shared_data: Path) -> None:
+    result = train_in_process(tmp_path, *QUICK, "trainer.max_steps=3", "trainer.precision=bf16", "model.arch=mlp")
+    assert math.isfinite(result["val"]["bits_per_dim"])
+
+
+def test_learning_rate_schedules() -> None:
+    assert lr_factor(0, LRSchedule.constant, 10, 100) == pytest.approx(0.1)  # warm-up
+    assert lr_factor(10, LRSchedule.cosine, 10, 110) == pytest.approx(1.0)
+    assert lr_factor(60, LRSchedule.cosine, 10, 110) == pytest.approx(0.5)
+    assert lr_factor(110, LRSchedule.linear, 10, 110) == pytest.approx(0.0)
