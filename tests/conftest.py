@@ -48,11 +48,23 @@ def train_in_process(run_dir: Path, *overrides: str) -> dict:
     return train(cfg, run_dir)
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m gentrain <args>` in a subprocess, with the offline datasets as $GENTRAIN_DATA."""
+def _cli_env(env: dict | None) -> dict:
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update({"GENTRAIN_DATA": str(SHARED_DATA), "PYTHONUNBUFFERED": "1", **(env or {})})
+    return full_env
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m gentrain <args>` in a subprocess, with the offline datasets as $GENTRAIN_DATA."""
     return subprocess.run(
-        [sys.executable, "-m", "gentrain", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        [sys.executable, "-m", "gentrain", *args], cwd=cwd, env=_cli_env(env), capture_output=True, text=True,
         timeout=timeout,
+    )
+
+
+def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Like run_cli, without waiting: for tests that signal or kill the run."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gentrain", *args], cwd=cwd, env=_cli_env(env), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
     )

@@ -37,3 +37,19 @@ class RunDirectoryCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _require_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+class SweepSummary(Callback):
+    """After a sweep: summary.csv / summary.md in the sweep directory, and a non-zero exit if any job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from gentrain.sweeps import write_summary
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = write_summary(sweep_dir)
+        failed = [j for j in jobs if j["status"] != "finished"]
+        print(f"gentrain: sweep of {len(jobs)} jobs finished, {len(failed)} failed; summary: {sweep_dir / 'summary.md'}")
+        for job in failed:
+            print(f"  job {job.get('job')} ({' '.join(job.get('overrides', []))}): {job['status']}: {job.get('error', '')}")
+        if failed:
+            raise SystemExit(1)

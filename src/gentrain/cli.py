@@ -1,7 +1,8 @@
 """The `gentrain` command: compose the config with Hydra, build data, model and trainer, and fit.
 
 Errors a user can fix (GentrainError) print one line and exit with status 2; set HYDRA_FULL_ERROR=1 for the
-traceback. Config errors are Hydra's own messages, raised while composing.
+traceback. Config errors are Hydra's own messages, raised while composing. In a sweep (`-m`), a failing job
+is recorded in its status.json and the other jobs still run; the sweep ends with a summary (callbacks.py).
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from gentrain.config import Config, check_trainer_config, register_configs
-from gentrain.errors import ConfigError, GentrainError
+from gentrain.errors import ConfigError, GentrainError, Preempted
+from gentrain.logger import write_json
 
 log = logging.getLogger("gentrain")
 
@@ -61,20 +65,65 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _task(cfg: DictConfig) -> float:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    status = {"job": hydra_cfg.job.num if in_sweep else None, "overrides": list(hydra_cfg.overrides.task)}
+    started = time.monotonic()
+
+    def record(outcome: str, **extra: Any) -> None:
+        write_json(run_dir / "status.json", {"status": outcome, **status,
+                                             "wall_seconds": round(time.monotonic() - started, 1), **extra})
+
     try:
         result = train(cfg, run_dir)
-    except GentrainError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s", err)
-        raise SystemExit(EXIT_USER_ERROR) from None
+    except Preempted as err:
+        log.warning("%s", err)
+        record("preempted", error=str(err))
+        raise SystemExit(err.exit_code) from None
+    except Exception as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (in_sweep or isinstance(err, GentrainError)):
+            raise  # a bug outside a sweep: Hydra prints the traceback
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if isinstance(err, GentrainError):
+            log.error("%s", err)
+        else:
+            log.exception("job failed: %s", first_line)  # keep the traceback in the job's log
+        if not in_sweep:
+            raise SystemExit(EXIT_USER_ERROR) from None
+        record("failed", error=first_line)
+        return float("nan")  # the other jobs of the sweep still run
+    record("finished", main_metric=result["main_metric"], val=result["val"], test=result["test"])
     log.info("run directory: %s", run_dir)
     return float(result["val"].get(result["main_metric"], float("nan")))
 
 
+def _resume_arguments(argv: list[str]) -> list[str]:
+    """`trainer.resume=<run dir or checkpoint>` continues that run in its own directory with its own config:
+    the run's saved overrides come first, then those given now (which win), then its directory."""
+    given = [a for a in argv if a.startswith("trainer.resume=")]
+    source = given[-1].split("=", 1)[1] if given else None
+    if source in (None, "", "auto", "null"):
+        return argv
+    path = Path(source).expanduser()
+    run_dir = path if path.is_dir() else path.parent.parent
+    saved_overrides = run_dir / ".hydra" / "overrides.yaml"
+    if not saved_overrides.is_file():
+        print(f"gentrain: error: trainer.resume={source} is not a gentrain run directory or checkpoint "
+              f"(no {saved_overrides})", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+    if "-m" in argv or "--multirun" in argv:
+        print("gentrain: error: a sweep cannot resume one run; use trainer.resume=auto with a fixed hydra.sweep.dir",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+    saved = [o for o in OmegaConf.load(saved_overrides) if not str(o).startswith(("trainer.resume=", "hydra.run.dir="))]
+    here = [] if any(a.startswith("hydra.run.dir=") for a in argv) else [f"hydra.run.dir={run_dir.absolute()}"]
+    return [argv[0], *saved, *argv[1:], *here]
+
+
 def main() -> None:
     register_configs()
+    sys.argv = _resume_arguments(sys.argv)
     hydra.main(version_base="1.3", config_path="pkg://gentrain.configs", config_name="config")(_task)()
 
 

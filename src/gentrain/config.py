@@ -84,6 +84,9 @@ class TrainerConfig:
     progress_bar: bool = True  # tqdm bars on a terminal (never in redirected output)
     nonfinite: NonFinitePolicy = NonFinitePolicy.skip
     max_nonfinite: int = 10
+    # Continue a run: a run directory or checkpoint file (the run's own config and directory are reused),
+    # or 'auto' = the latest checkpoint of this run directory if there is one, else start fresh.
+    resume: Optional[str] = None
 
 
 @dataclass

@@ -19,3 +19,11 @@ class CheckpointError(GentrainError):
 
 class NonFiniteError(GentrainError):
     """Training produced NaN or infinite losses or gradients and the policy says to stop."""
+
+
+class Preempted(GentrainError):
+    """The run was asked to stop (SIGTERM, Ctrl-C) and saved a checkpoint to continue from."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

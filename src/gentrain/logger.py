@@ -44,11 +44,12 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
 class RunLogger:
     """Writes into the run directory: the event file at its root and PNG grids under samples/."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        """`purge_step`: when continuing a run, hide the events its previous process wrote from that step on."""
         self.run_dir = run_dir
         self.samples_dir = run_dir / "samples"
         self.samples_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=30)
+        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=30, purge_step=purge_step)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -16,12 +18,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gentrain.checkpoint import CheckpointManager
+from gentrain.checkpoint import CheckpointManager, load_checkpoint
 from gentrain.config import NonFinitePolicy, Precision, TrainerConfig
 from gentrain.data.base import ImageDataset
 from gentrain.data.batches import Batch, TrainBatches, eval_batches
 from gentrain.ema import EMA
-from gentrain.errors import ConfigError, NonFiniteError
+from gentrain.errors import CheckpointError, ConfigError, NonFiniteError, Preempted
 from gentrain.logger import RunLogger, write_json
 from gentrain.models.base import GenerativeModel, LossOutput, Update
 from gentrain.optim import build_optimizer, build_scheduler
@@ -80,15 +82,18 @@ class Trainer:
         self.ema = EMA(model.ema_module(), cfg.ema_decay) if cfg.ema_decay else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision is Precision.fp16)
 
-        self.logger = RunLogger(run_dir)
+        self.logger: Optional[RunLogger] = None  # opened by fit(), after a resume has set the step
         self.checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.keep_checkpoints)
         self.step = 0
+        self.minutes_before_resume = 0.0  # wall time already spent, counted towards trainer.max_minutes
+        self._started = time.monotonic()
         self.best_metric = math.inf
         self.nonfinite_in_a_row = 0
         self.nonfinite_skipped = 0
         self.train_seconds = 0.0
         self._window: dict[str, list[Tensor]] = {}
         self._window_steps, self._window_seconds = 0, 0.0
+        self._stop_signal: Optional[int] = None
         # Fixed images and noise for the grids, so that steps compare.
         vis = next(eval_batches(self.dataset.val, cfg.num_samples, use_labels=self.use_labels))
         self.vis_batch = vis
@@ -100,12 +105,18 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        if cfg.resume:
+            self.resume(cfg.resume)
+        # Events a killed run wrote after its last checkpoint are hidden, so curves have no duplicate points.
+        self.logger = RunLogger(self.run_dir, purge_step=self.step + 1 if self.step else None)
         log.info("training on %s (%s) for %s", self.device, cfg.precision.value, self._limits_text())
-        started = time.monotonic()
+        self._started = time.monotonic() - 60.0 * self.minutes_before_resume
         bar = tqdm(total=self.planned_steps, initial=self.step, desc="train", unit="step",
                    disable=self._bar_disabled, dynamic_ncols=True)
-        with logging_redirect_tqdm(), bar:
-            while not self._should_stop(started):
+        with logging_redirect_tqdm(), bar, self._stop_on_signals():
+            while not self._should_stop():
+                if self._stop_signal is not None:
+                    self._save_and_exit()
                 tick = time.perf_counter()
                 self._train_step(next(self.batches))
                 self.step += 1
@@ -116,7 +127,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
                     bar.set_postfix(self._log_train(), refresh=False)
-                if self._should_stop(started):
+                if self._should_stop():
                     break
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self._evaluate_and_save()
@@ -128,13 +139,17 @@ class Trainer:
                  f"{self.cfg.max_minutes} minutes" if self.cfg.max_minutes else None]
         return " or ".join(p for p in parts if p) + ", whichever comes first"
 
-    def _should_stop(self, started: float) -> bool:
+    def _should_stop(self) -> bool:
         cfg = self.cfg
         return bool(
             (cfg.max_steps and self.step >= cfg.max_steps)
             or (cfg.max_epochs and self.batches.epoch >= cfg.max_epochs)
-            or (cfg.max_minutes and time.monotonic() - started >= 60.0 * cfg.max_minutes)
+            or (cfg.max_minutes and self._wall_minutes() >= cfg.max_minutes)
         )
+
+    def _wall_minutes(self) -> float:
+        """Minutes since the run first started, across resumes."""
+        return (time.monotonic() - self._started) / 60.0
 
     def _train_step(self, batch: Batch) -> None:
         for update in self.updates:
@@ -327,6 +342,7 @@ class Trainer:
             "best_metric": self.best_metric,
             "nonfinite_skipped": self.nonfinite_skipped,
             "train_seconds": self.train_seconds,
+            "wall_minutes": self._wall_minutes(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
@@ -334,3 +350,91 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
         }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"the checkpoint's weights do not fit this model: {str(err).splitlines()[0]}") from err
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][name])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:
+            log.warning("the checkpoint has no EMA weights; the average starts from the current weights")
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.batches.load_state_dict(state["batches"])
+        self.best_metric = float(state["best_metric"])
+        self.nonfinite_skipped = int(state["nonfinite_skipped"])
+        self.train_seconds = float(state["train_seconds"])
+        self.minutes_before_resume = float(state["wall_minutes"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy(), *rng["numpy"][2:]))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def resume(self, source: str) -> None:
+        """Continue from `source`: 'auto' (this run's latest checkpoint, if any), a run directory or a checkpoint."""
+        if source == "auto":
+            path = self.checkpoints.latest()
+            if path is None:
+                log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.checkpoints.directory)
+                return
+        else:
+            path = Path(source)
+            if path.is_dir():
+                path = CheckpointManager(path / "checkpoints", self.cfg.keep_checkpoints).latest()
+                if path is None:
+                    raise CheckpointError(f"trainer.resume={source}: that run has no checkpoint to continue from")
+        state = load_checkpoint(path, map_location=self.device)
+        self._check_identity(state.get("identity", {}), path)
+        self.load_state_dict(state)
+        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.batches.epoch)
+
+    def _check_identity(self, saved: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another model, config or data shape, saying which, before loading any weights."""
+        ours = self.identity
+        if saved.get("model") != ours["model"]:
+            raise CheckpointError(f"{path} is a checkpoint of model '{saved.get('model')}', but this run trains '{ours['model']}'")
+        if saved.get("data") != ours["data"]:
+            raise CheckpointError(f"{path} was trained on data of shape {saved.get('data')}, this run has {ours['data']}")
+        saved_cfg, our_cfg = saved.get("model_config", {}), ours["model_config"]
+        differing = sorted(k for k in set(saved_cfg) | set(our_cfg) if saved_cfg.get(k) != our_cfg.get(k))
+        differing = [k for k in differing if k not in ("optim", "optim_generator", "optim_critic")]
+        if differing:
+            details = ", ".join(f"model.{k}: {saved_cfg.get(k)!r} there, {our_cfg.get(k)!r} here" for k in differing)
+            raise CheckpointError(f"{path} was trained with another model config ({details})")
+
+    # --- preemption -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM / SIGINT: finish the current step, checkpoint and exit; a second signal exits at once."""
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                print(f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint", flush=True)
+                os._exit(128 + signum)
+            self._stop_signal = signum
+            log.warning("%s received: stopping after the current step (send it again to exit at once)",
+                        signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _save_and_exit(self) -> None:
+        path = self.checkpoints.save(self.state_dict(), self.step, best=False)
+        self.logger.close()
+        raise Preempted(
+            f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; checkpoint {path}. "
+            f"Continue with: gentrain trainer.resume={self.run_dir}",
+            exit_code=128 + self._stop_signal,
+        )

@@ -1,0 +1,69 @@
+"""Summaries of sweeps: one row per job with its overrides, status, final metrics and wall time."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def read_job(job_dir: Path) -> dict[str, Any]:
+    """One job of a sweep, from the status.json its run wrote (a job killed before finishing has none)."""
+    status_file = job_dir / "status.json"
+    if status_file.is_file():
+        return {"dir": job_dir, **json.loads(status_file.read_text())}
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = [line[2:].strip() for line in overrides_file.read_text().splitlines() if line.startswith("- ")] \
+        if overrides_file.is_file() else []
+    return {"dir": job_dir, "status": "did not finish", "overrides": overrides, "job": None}
+
+
+def sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    job_dirs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()] if sweep_dir.is_dir() else []
+    return [read_job(d) for d in sorted(job_dirs, key=lambda p: (len(p.name), p.name))]
+
+
+def _main_value(job: dict[str, Any]) -> float:
+    if job["status"] != "finished":
+        return math.inf
+    return float(job["val"].get(job["main_metric"], math.inf))
+
+
+def summary_rows(jobs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """-> header and rows, best first by the validation main metric (every main metric is minimised)."""
+    ordered = sorted(jobs, key=_main_value)
+    main_metrics = sorted({j["main_metric"] for j in jobs if j["status"] == "finished"})
+    test_keys = sorted({k for j in jobs if j["status"] == "finished" for k in j["test"]})
+    header = ["job", "overrides", "status"] + [f"val/{m}" for m in main_metrics] + [f"test/{k}" for k in test_keys] \
+        + ["wall_s", "error"]
+    rows = []
+    for job in ordered:
+        finished = job["status"] == "finished"
+
+        def fmt(value: Any) -> str:
+            return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+        rows.append(
+            [fmt(job.get("job") if job.get("job") is not None else job["dir"].name), " ".join(job.get("overrides", [])),
+             job["status"]]
+            + [fmt(job["val"].get(m)) if finished else "" for m in main_metrics]
+            + [fmt(job["test"].get(k)) if finished else "" for k in test_keys]
+            + [fmt(job.get("wall_seconds")), job.get("error", "")]
+        )
+    return header, rows
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Write summary.csv and summary.md into the sweep directory; return the jobs."""
+    jobs = sweep_jobs(sweep_dir)
+    header, rows = summary_rows(jobs)
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return jobs
