@@ -31,8 +31,8 @@ def _main_value(job: dict[str, Any]) -> float:
     return float(job["val"].get(job["main_metric"], math.inf))
 
 
-def summary_rows(jobs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """-> header and rows, best first by the validation main metric (every main metric is minimised)."""
+def summary_rows(jobs: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """-> header and rows of raw values, best first by the validation main metric (every main metric is minimised)."""
     ordered = sorted(jobs, key=_main_value)
     main_metrics = sorted({j["main_metric"] for j in jobs if j["status"] == "finished"})
     test_keys = sorted({k for j in jobs if j["status"] == "finished" for k in j["test"]})
@@ -40,30 +40,32 @@ def summary_rows(jobs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
         + ["wall_s", "error"]
     rows = []
     for job in ordered:
-        finished = job["status"] == "finished"
-
-        def fmt(value: Any) -> str:
-            return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
-
+        val, test = (job["val"], job["test"]) if job["status"] == "finished" else ({}, {})
+        number = job.get("job") if job.get("job") is not None else job["dir"].name
         rows.append(
-            [fmt(job.get("job") if job.get("job") is not None else job["dir"].name), " ".join(job.get("overrides", [])),
-             job["status"]]
-            + [fmt(job["val"].get(m)) if finished else "" for m in main_metrics]
-            + [fmt(job["test"].get(k)) if finished else "" for k in test_keys]
-            + [fmt(job.get("wall_seconds")), job.get("error", "")]
+            [number, " ".join(job.get("overrides", [])), job["status"]]
+            + [val.get(m) for m in main_metrics]
+            + [test.get(k) for k in test_keys]
+            + [job.get("wall_seconds"), job.get("error", "")]
         )
     return header, rows
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Write summary.csv and summary.md into the sweep directory; return the jobs."""
+    """Write summary.csv (full precision) and summary.md (rounded) into the sweep directory; return the jobs."""
     jobs = sweep_jobs(sweep_dir)
     header, rows = summary_rows(jobs)
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return jobs
