@@ -161,7 +161,7 @@ class Trainer:
                 out = update.loss(batch, self.step)
             self.scaler.scale(out.loss).backward()
             self.scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or math.inf)
+            grad_norm = self._grad_norm(params)
             if not self._finite(out, grad_norm, update):
                 optimizer.zero_grad(set_to_none=True)
                 self.scaler.update()
@@ -178,6 +178,15 @@ class Trainer:
             self.ema.update()
         for scheduler in self.schedulers.values():
             scheduler.step()
+
+    def _grad_norm(self, params: list[torch.nn.Parameter]) -> Tensor:
+        """Global L2 norm of the gradients (clipped to trainer.grad_clip when set); grads are untouched otherwise."""
+        if self.cfg.grad_clip:
+            return torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     @contextlib.contextmanager
     def _only_trainable(self, optimizer: str) -> Iterator[None]:
