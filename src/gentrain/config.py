@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from gentrain.errors import ConfigError
 
@@ -129,8 +129,10 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     from gentrain.data import DATASETS
-    from gentrain.models import MODELS
+    from gentrain.models import CONFIG_RESOLVERS, MODELS
 
+    for name, resolver in CONFIG_RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
     store = ConfigStore.instance()
     store.store(name="gentrain_config", node=Config)
     for name, model_class in MODELS.items():
