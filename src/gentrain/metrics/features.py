@@ -68,24 +68,27 @@ class InceptionFeatures(nn.Module):
         return self.net(images.contiguous())[0]
 
 
-def _weights_problem(reason: str) -> ConfigError:
+def _weights_problem(reason: str, choice: str) -> ConfigError:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     return ConfigError(
-        f"metrics.fid.features=inception: {reason}. Put {INCEPTION_FILE} (the FID Inception weights torch-fidelity "
+        f"{choice}: {reason}. Put {INCEPTION_FILE} (the FID Inception weights torch-fidelity "
         f"uses) in {hub}, or set metrics.fid.inception_weights=/path/to/it, or use metrics.fid.features=classifier "
         f"(datasets with labels) or metrics.fid.enabled=false"
     )
 
 
-def load_inception(weights: Optional[str], device: torch.device) -> InceptionFeatures:
+def load_inception(
+    weights: Optional[str], device: torch.device, choice: str = "metrics.fid.features=inception"
+) -> InceptionFeatures:
     """The FID Inception from `weights`, else the torch hub cache, downloading it there when the machine can.
 
-    Raises a one-line ConfigError when neither works, so that a run stops before it trains.
+    Raises a one-line ConfigError (starting with `choice`, the setting that asked for Inception) when neither
+    works, so that a run stops before it trains.
     """
     if weights:
         path = Path(weights).expanduser().absolute()
         if not path.is_file():
-            raise _weights_problem(f"metrics.fid.inception_weights={weights} is not a file")
+            raise _weights_problem(f"metrics.fid.inception_weights={weights} is not a file", choice)
     else:
         path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
         if not path.is_file():
@@ -96,7 +99,7 @@ def load_inception(weights: Optional[str], device: torch.device) -> InceptionFea
             try:
                 torch.hub.download_url_to_file(URL_INCEPTION_V3, str(path), progress=True)
             except (OSError, ValueError, RuntimeError) as err:  # URLError is an OSError
-                raise _weights_problem(f"the weights are not in the torch cache and the download failed ({err})") from None
+                raise _weights_problem(f"the weights are not in the torch cache and the download failed ({err})", choice) from None
     try:
         # torch-fidelity unpickles the file without restrictions; a weights-only load first rejects a file that
         # holds anything but tensors, before any of its code could run.
@@ -104,4 +107,4 @@ def load_inception(weights: Optional[str], device: torch.device) -> InceptionFea
         return InceptionFeatures(path).to(device)
     except (OSError, RuntimeError, pickle.UnpicklingError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise _weights_problem(f"{path} is not the FID Inception state dict ({first_line})") from None
+        raise _weights_problem(f"{path} is not the FID Inception state dict ({first_line})", choice) from None

@@ -203,16 +203,17 @@ def build_sample_quality(
             )
         return None
     _check(cfg, dataset)
-    features = cfg.features
+    features, choice = cfg.features, f"metrics.fid.features={cfg.features.value}"
     if features is FeatureExtractorName.auto:
         features = FeatureExtractorName.classifier if dataset.name == "mnist" else FeatureExtractorName.inception
+        choice += f" ({features.value} for {dataset.name})"
     if dataset.dynamic_binarization:
         # The model learns fresh Bernoulli draws of the 8-bit images; one fixed draw stands for them.
         dataset = replace(dataset, train=ImageSplit(binarize_images(dataset.train.images, REFERENCE_SEED), dataset.train.labels))
     cache_dir = cache_dir_for(data_root) / "sample_quality"
     train_fingerprint = split_fingerprint(dataset.train)
     if features is FeatureExtractorName.inception:
-        extractor = load_inception(cfg.inception_weights, device)
+        extractor = load_inception(cfg.inception_weights, device, choice)
     else:
         extractor = load_or_train_classifier(
             dataset, cfg.classifier, cache_dir, device, train_fingerprint=train_fingerprint, progress=progress,
