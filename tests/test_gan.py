@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, run_cli
+from conftest import ONE_THREAD_ENV, compose_config, run_cli
 from synthetic import write_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -22,6 +22,8 @@ from gentrain.errors import ConfigError
 from gentrain.models import build_model
 from gentrain.models.wgan import gradient_penalty
 from gentrain.optim import build_optimizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MNIST_INFO = DataInfo(channels=1, height=28, width=28, levels=256, num_classes=10)
 
@@ -201,7 +203,7 @@ def scalar_tags(run_dir: Path) -> set[str]:
 def test_dcgan_trains_through_the_command(tmp_path: Path, tiny_mnist: Path) -> None:
     run_dir = tmp_path / "dcgan"
     result = run_cli("model=dcgan", *TINY, f"dataset.root={tiny_mnist}", "trainer.ema_decay=0.9",
-                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path, env=ONE_THREAD_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["main_metric"] == "fid" and metrics["step"] == 6
@@ -220,7 +222,7 @@ def test_wgan_trains_with_each_lipschitz_constraint_through_the_command(tmp_path
     sweep_dir = tmp_path / "sweep"
     result = run_cli("-m", "model=wgan", "model.lipschitz=clip,gp,spectral", "model.conditional=true", *TINY,
                      "trainer.max_steps=5", "trainer.eval_every=0", f"dataset.root={tiny_mnist}",
-                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env=ONE_THREAD_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     for job, lipschitz in enumerate(["clip", "gp", "spectral"]):
         run_dir = sweep_dir / str(job)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import pytest
 import torch
-from conftest import run_cli, train_in_process
+from conftest import ONE_THREAD_ENV, run_cli, train_in_process
 from synthetic import write_mnist
 from torch import Tensor
 
@@ -25,6 +25,8 @@ from gentrain.metrics.classifier import load_or_train_classifier, split_fingerpr
 from gentrain.metrics.features import InceptionFeatures, load_inception
 from gentrain.metrics.sample_quality import SampleQuality
 from gentrain.models.base import GenerativeModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CLASSIFIER = FeatureClassifierConfig(steps=60, batch_size=64)
 
@@ -149,7 +151,7 @@ def test_missing_inception_weights_offline_stop_the_run_before_training(tmp_path
     """CIFAR-10 uses Inception features by default; with an empty torch cache and no network the run must stop
     at the start with one clear line, not after training."""
     run_dir = tmp_path / "run"
-    offline = {"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+    offline = {**ONE_THREAD_ENV, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
                "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
     result = run_cli("model=dcgan", "dataset=cifar10", "trainer=debug", f"hydra.run.dir={run_dir}",
                      cwd=tmp_path, env=offline, timeout=120)
