@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -31,6 +32,19 @@ def shared_data() -> Path:
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Decoded-image caches go to a per-session temporary folder, never the user's ~/.cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of small-tensor tests: as fast on 2 cores, and no OpenMP spin-waits eating
+    CPU when the machine is busy. Pair with ONE_THREAD_ENV for subprocesses."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def compose_config(*overrides: str) -> DictConfig:

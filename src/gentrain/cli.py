@@ -40,8 +40,9 @@ def to_schema(cfg: DictConfig) -> Config:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Build everything a config describes, train it in `run_dir`, and return the final metrics."""
-    from gentrain.data import load_dataset
+    from gentrain.data import load_dataset, resolve_root
     from gentrain.logger import flatten_config
+    from gentrain.metrics.sample_quality import build_sample_quality
     from gentrain.models import build_model, model_name
     from gentrain.runtime import pick_device, seed_everything
     from gentrain.trainer import Trainer
@@ -55,11 +56,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model = build_model(config.model, dataset.info)
     name = model_name(config.model)
     log.info("model: %s with %s parameters", name, f"{sum(p.numel() for p in model.parameters()):,}")
+    # Before the trainer: missing Inception weights or an unusable metrics config stop the run here.
+    sample_metrics = build_sample_quality(
+        config.metrics.fid, model=model, dataset=dataset, data_root=resolve_root(getattr(config.dataset, "root", None)),
+        device=device, seed=config.seed, progress=config.trainer.progress_bar,
+    )
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     identity = {"model": name, "model_config": container["model"], "data": dataset.info.__dict__}
     trainer = Trainer(
         model, dataset, config.trainer, run_dir=run_dir, device=device, seed=config.seed,
-        identity=identity, hparams=flatten_config(container),
+        identity=identity, hparams=flatten_config(container), sample_metrics=sample_metrics,
     )
     return trainer.fit()
 

@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from gentrain.errors import ConfigError
 
@@ -89,13 +89,55 @@ class TrainerConfig:
     resume: Optional[str] = None
 
 
+class FeatureExtractorName(Enum):
+    auto = "auto"  # classifier for MNIST, inception for every other dataset
+    inception = "inception"  # the standard FID Inception-v3 (2048-d pool features), as in the papers
+    classifier = "classifier"  # a small classifier gentrain trains on the dataset's labels (offline)
+
+
+@dataclass
+class FeatureClassifierConfig:
+    """The classifier trained once per dataset as an offline feature extractor (gentrain/metrics/classifier.py).
+
+    Its settings are part of the cache key: FIDs are comparable only between runs that share them.
+    """
+
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 2e-3
+    width: int = 16  # channels of the first convolution block; doubled in each of the next two
+    features: int = 128  # size of the penultimate layer, the features FID and KID compare
+
+
+@dataclass
+class FIDConfig:
+    """FID and KID of generated samples against the training split (gentrain/metrics/sample_quality.py)."""
+
+    enabled: Optional[bool] = None  # null: on for models whose main metric is fid (the GANs), off for the others
+    features: FeatureExtractorName = FeatureExtractorName.auto
+    num_samples: int = 10000  # generated images per evaluation (the papers use 50000)
+    batch_size: int = 250  # images per sampling and feature-extraction call
+    inception_weights: Optional[str] = None  # local file of the FID Inception weights; null: the torch hub cache
+    kid_subsets: int = 100  # KID: mean and std over this many random subsets ...
+    kid_subset_size: int = 1000  # ... of this many images from each side
+    classifier: FeatureClassifierConfig = field(default_factory=FeatureClassifierConfig)
+
+
+@dataclass
+class MetricsConfig:
+    """Metrics computed from model samples, for any model."""
+
+    fid: FIDConfig = field(default_factory=FIDConfig)
+
+
 @dataclass
 class Config:
-    """The composed config: one model, one dataset, the trainer and the seed."""
+    """The composed config: one model, one dataset, the trainer, the sample metrics and the seed."""
 
     model: Any = MISSING
     dataset: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     seed: int = 0
 
 
@@ -132,8 +174,10 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     from gentrain.data import DATASETS
-    from gentrain.models import MODELS
+    from gentrain.models import CONFIG_RESOLVERS, MODELS
 
+    for name, resolver in CONFIG_RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
     store = ConfigStore.instance()
     store.store(name="gentrain_config", node=Config)
     for name, model_class in MODELS.items():

@@ -10,7 +10,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +32,14 @@ from gentrain.runtime import autocast, check_precision, peak_memory_mb
 log = logging.getLogger(__name__)
 
 
+class SampleMetrics(Protocol):
+    """Metrics of a model's samples (FID, KID: gentrain/metrics/sample_quality.py), added to every validation."""
+
+    def evaluate(self, model: GenerativeModel) -> dict[str, float]: ...
+
+    def notes(self) -> list[str]: ...
+
+
 class Trainer:
     """Trains any GenerativeModel: updates, precision, clipping, EMA, evaluation, samples and checkpoints."""
 
@@ -46,6 +54,7 @@ class Trainer:
         seed: int,
         identity: dict[str, Any],
         hparams: dict[str, Any],
+        sample_metrics: Optional[SampleMetrics] = None,
     ):
         check_precision(cfg.precision, device)
         self.cfg = cfg
@@ -54,6 +63,7 @@ class Trainer:
         self.run_dir = run_dir
         self.identity = identity  # model name, model config and data shape: checked when a checkpoint loads
         self.hparams = hparams
+        self.sample_metrics = sample_metrics
         self.model = model.to(device)
         self.dataset = dataset.to(device)
         self.use_labels = bool(getattr(model, "conditional", False))
@@ -295,6 +305,9 @@ class Trainer:
 
     def _evaluate_and_save(self) -> dict[str, float]:
         metrics = self.evaluate("val")
+        if self.sample_metrics is not None:
+            with self._eval_mode():  # samples from the EMA weights with fixed seeds, like the grids
+                metrics.update(self.sample_metrics.evaluate(self.model))
         self.logger.scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
         self._visualize()
         main = metrics.get(self.model.main_metric, math.inf)
@@ -312,7 +325,7 @@ class Trainer:
         test = self.evaluate("test", final=True)
         self.logger.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
         log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-        notes = self.model.metric_notes()
+        notes = self.model.metric_notes() + (self.sample_metrics.notes() if self.sample_metrics is not None else [])
         for note in notes:
             log.info("note: %s", note)
         result = {

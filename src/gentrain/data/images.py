@@ -79,8 +79,12 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
 
 
 def cache_dir_for(data_dir: Path) -> Optional[Path]:
-    """Beside the data when that folder is writable, else the user's cache directory."""
-    if os.access(data_dir, os.W_OK):
+    """Beside the data when that folder is writable, else the user's cache directory.
+
+    A folder without write permission bits counts as read-only even for root, who could write into it anyway:
+    shared, read-only dataset folders stay untouched.
+    """
+    if os.access(data_dir, os.W_OK) and data_dir.stat().st_mode & 0o222:
         return data_dir / ".gentrain_cache"
     base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
     return base / "gentrain"

@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from gentrain.data.base import DataInfo
 from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
+from gentrain.models.gan import DCGAN
 from gentrain.models.vae import VAE
+from gentrain.models.wgan import WGAN, paper_setting
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
+    "dcgan": DCGAN,
+    "wgan": WGAN,
+}
+
+# Config resolvers that model YAMLs use (registered with OmegaConf by gentrain.config.register_configs).
+CONFIG_RESOLVERS = {
+    "wgan_paper": paper_setting,  # configs/model/wgan.yaml: paper defaults that follow model.lipschitz
 }
 
 
@@ -21,4 +30,4 @@ def build_model(cfg: object, data: DataInfo) -> GenerativeModel:
     return MODELS[model_name(cfg)](cfg, data)
 
 
-__all__ = ["MODELS", "GenerativeModel", "LossOutput", "OptimizerSpec", "Update", "build_model", "model_name"]
+__all__ = ["CONFIG_RESOLVERS", "MODELS", "GenerativeModel", "LossOutput", "OptimizerSpec", "Update", "build_model", "model_name"]

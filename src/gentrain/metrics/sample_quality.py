@@ -1,0 +1,241 @@
+"""FID and KID of a model's samples against the training split, for any GenerativeModel.
+
+Protocol (also written into every run's notes):
+- generated side: metrics.fid.num_samples images from model.sample() in eval mode (EMA weights when
+  trainer.ema_decay is set), a fixed noise seed, class labels cycling 0..K-1 for conditional models, quantized
+  to the data's levels like real images;
+- reference side: FID against the mean and covariance of the features of the whole training split; KID
+  (cubic polynomial kernel, unbiased MMD^2) against a fixed random subset of as many training images as
+  samples, mean and std over metrics.fid.kid_subsets subsets of metrics.fid.kid_subset_size per side;
+- the floor: the same numbers for real held-out (validation) images, as many as samples when the split has
+  them: what a perfect model would score at this sample count (FID is biased upwards for small counts).
+
+The statistics are torchmetrics' (FrechetInceptionDistance, KernelInceptionDistance); the features come from
+features.py or classifier.py. Reference features and the floor are cached per (extractor, data, sample count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from gentrain.config import FeatureExtractorName, FIDConfig
+from gentrain.data.base import ImageDataset, ImageSplit, binarize_images
+from gentrain.data.images import cache_dir_for
+from gentrain.errors import ConfigError
+from gentrain.metrics.cache import cached
+from gentrain.metrics.classifier import load_or_train_classifier, split_fingerprint
+from gentrain.metrics.features import FeatureExtractor, generated_to_uint8, load_inception, real_to_uint8
+from gentrain.models.base import GenerativeModel
+
+log = logging.getLogger(__name__)
+
+SAMPLE_METRICS = ("fid", "kid")  # what SampleQuality adds to the validation metrics (plus kid_std and floors)
+REFERENCE_VERSION = 1  # bump when the reference computation changes, so old caches are not reused
+REFERENCE_SEED = 0  # picks the KID reference subset and the floor's KID subsets
+SAMPLE_SEED_OFFSET = 3  # generated images use seed + 3 (the trainer uses + 1 and + 2)
+
+
+class PrecomputedFeatures(nn.Module):
+    """Passes features computed by gentrain's extractor to torchmetrics, which would otherwise run its own."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+class SampleQuality:
+    """FID and KID of samples against the training split, with the floor of real held-out images.
+
+    Built and checked before training (build_sample_quality); the trainer calls evaluate(model) at every
+    validation, inside its eval mode, and adds notes() to the run's notes.
+    """
+
+    def __init__(self, cfg: FIDConfig, extractor: FeatureExtractor, dataset: ImageDataset, cache_dir: Path,
+                 device: torch.device, *, seed: int, progress: bool, train_fingerprint: str):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        self.cfg = cfg
+        self.extractor = extractor
+        self.levels = dataset.levels
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+        self.dataset_name = dataset.name
+        self.train_images = len(dataset.train)
+        self.kid_reference_images = min(len(dataset.train), cfg.num_samples)
+        self.floor_images = min(len(dataset.val), cfg.num_samples)
+        features = PrecomputedFeatures(extractor.num_features)
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False).to(device)
+        self.fid.persistent(True)  # its reference statistics go into the cache through state_dict()
+        with warnings.catch_warnings():  # it warns that it keeps every feature: num_samples of them, known here
+            warnings.filterwarnings("ignore", message=".*Kernel Inception Distance.*")
+            self.kid = KernelInceptionDistance(
+                feature=features, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, reset_real_features=False,
+            ).to(device)
+
+        key = {
+            "version": REFERENCE_VERSION, "extractor": extractor.identity, "train": train_fingerprint,
+            "val": split_fingerprint(dataset.val), "levels": self.levels, "num_samples": cfg.num_samples,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = cache_dir / f"reference-{dataset.name}-{digest}.pt"
+        reference = cached(path, "FID/KID reference features", lambda: self._reference(dataset))
+        self.fid.load_state_dict(reference["fid_real"], strict=False)
+        self.fid.to(device)
+        self.kid.update(reference["kid_real"].to(device), real=True)
+        held_out = reference["held_out"]
+        self.floor = {}
+        if len(held_out) >= 2:
+            self.floor = {name: float(v) for name, v in self._scores(held_out.to(device), suffix="_floor").items()}
+
+    # --- features ---------------------------------------------------------------------------------------
+    def _real_feature_batches(self, images: Tensor, desc: str) -> Iterator[Tensor]:
+        """Features of dataset images, batch by batch, on the metrics device."""
+        batches = range(0, len(images), self.cfg.batch_size)
+        for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if self.progress else True):
+            batch = images[start : start + self.cfg.batch_size].to(self.device)
+            yield self.extractor(real_to_uint8(batch, self.levels)).float()
+
+    def _reference(self, dataset: ImageDataset) -> dict:
+        """FID statistics of the whole training split, features of the KID reference subset and of the held-out
+        images for the floor. Streams over the training split, so that only the subsets stay in memory."""
+        n = len(dataset.train)
+        in_kid_subset = torch.zeros(n, dtype=torch.bool)
+        in_kid_subset[torch.randperm(n, generator=torch.Generator().manual_seed(REFERENCE_SEED))[: self.kid_reference_images]] = True
+        kid_real, start = [], 0
+        for features in self._real_feature_batches(dataset.train.images, f"FID reference ({n} training images)"):
+            self.fid.update(features, real=True)
+            kid_real.append(features[in_kid_subset[start : start + len(features)].to(self.device)].cpu())
+            start += len(features)
+        held_out = dataset.val.images[: self.floor_images]
+        held_out_features = [f.cpu() for f in self._real_feature_batches(held_out, "FID floor (held-out images)")]
+        return {
+            "fid_real": {k: v.cpu() for k, v in self.fid.state_dict().items() if k.startswith("real_")},
+            "kid_real": torch.cat(kid_real),
+            "held_out": torch.cat(held_out_features) if held_out_features else torch.zeros(0, self.extractor.num_features),
+        }
+
+    def _scores(self, fake_features: Tensor, suffix: str = "") -> dict[str, Tensor]:
+        """FID and KID of one set of features against the reference (then forgets them)."""
+        n = len(fake_features)
+        self.fid.update(fake_features, real=False)
+        scores = {f"fid{suffix}": self.fid.compute()}
+        if n >= self.cfg.kid_subset_size:
+            self.kid.update(fake_features, real=False)
+            with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global CPU generator
+                torch.random.default_generator.manual_seed(REFERENCE_SEED)
+                kid, kid_std = self.kid.compute()
+            scores[f"kid{suffix}"], scores[f"kid_std{suffix}"] = kid, kid_std
+        self.fid.reset()
+        self.kid.reset()
+        return {name: value.detach().cpu() for name, value in scores.items()}
+
+    # --- what the trainer calls ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: GenerativeModel) -> dict[str, float]:
+        """fid, kid and kid_std of cfg.num_samples samples, with the constant floor values alongside."""
+        n = self.cfg.num_samples
+        generator = torch.Generator(device=model.device).manual_seed(self.seed + SAMPLE_SEED_OFFSET)
+        conditional = bool(getattr(model, "conditional", False))
+        features = []
+        for start in tqdm(range(0, n, self.cfg.batch_size), desc=f"sample {n} for FID", unit="batch", leave=False,
+                          disable=None if self.progress else True):
+            count = min(self.cfg.batch_size, n - start)
+            labels = torch.arange(start, start + count, device=model.device) % model.data.num_classes if conditional else None
+            images = model.sample(count, labels=labels, generator=generator)
+            features.append(self.extractor(generated_to_uint8(images.to(self.device), self.levels)).float())
+        scores = {name: float(value) for name, value in self._scores(torch.cat(features)).items()}
+        return {**scores, **self.floor}
+
+    def notes(self) -> list[str]:
+        kid = (
+            f"KID: unbiased MMD^2 with the cubic polynomial kernel against a fixed random subset of "
+            f"{self.kid_reference_images} training images, mean (kid) and std (kid_std) over {self.cfg.kid_subsets} "
+            f"subsets of {self.cfg.kid_subset_size} images per side"
+        )
+        if not self.floor:
+            floor = "no floor: the validation split has fewer than 2 images"
+        else:
+            floor = (
+                f"fid_floor / kid_floor: the first {self.floor_images} real validation images scored the same way, "
+                f"the best a model can expect at this sample count"
+            )
+            if "kid_floor" not in self.floor:
+                floor += " (no kid_floor: fewer held-out images than metrics.fid.kid_subset_size)"
+        return [
+            f"fid / kid: {self.cfg.num_samples} generated images (eval mode, EMA weights when trainer.ema_decay is "
+            f"set, fixed noise, quantized to {self.levels} levels) against the {self.dataset_name} training split; FID "
+            f"against the feature mean and covariance of all {self.train_images} training images; {kid}; features: "
+            f"{self.extractor.description}",
+            floor,
+        ]
+
+
+def build_sample_quality(
+    cfg: FIDConfig, *, model: GenerativeModel, dataset: ImageDataset, data_root: Path, device: torch.device,
+    seed: int, progress: bool,
+) -> Optional[SampleQuality]:
+    """The metrics object the config asks for, ready to use, or None when they are off.
+
+    Everything that could fail later (missing Inception weights, a dataset without labels for the classifier,
+    sample counts KID cannot use) fails here, before training; reference statistics are computed or loaded.
+    """
+    enabled = cfg.enabled if cfg.enabled is not None else model.main_metric in SAMPLE_METRICS
+    if not enabled:
+        if model.main_metric in SAMPLE_METRICS:
+            log.warning(
+                "metrics.fid.enabled=false: this model's main metric (%s) is not computed, so no best checkpoint "
+                "is kept and sweeps get nan", model.main_metric,
+            )
+        return None
+    _check(cfg, dataset)
+    features, choice = cfg.features, f"metrics.fid.features={cfg.features.value}"
+    if features is FeatureExtractorName.auto:
+        features = FeatureExtractorName.classifier if dataset.name == "mnist" else FeatureExtractorName.inception
+        choice += f" ({features.value} for {dataset.name})"
+    if dataset.dynamic_binarization:
+        # The model learns fresh Bernoulli draws of the 8-bit images; one fixed draw stands for them.
+        dataset = replace(dataset, train=ImageSplit(binarize_images(dataset.train.images, REFERENCE_SEED), dataset.train.labels))
+    cache_dir = cache_dir_for(data_root) / "sample_quality"
+    train_fingerprint = split_fingerprint(dataset.train)
+    if features is FeatureExtractorName.inception:
+        extractor = load_inception(cfg.inception_weights, device, choice)
+    else:
+        extractor = load_or_train_classifier(
+            dataset, cfg.classifier, cache_dir, device, train_fingerprint=train_fingerprint, progress=progress,
+        )
+    quality = SampleQuality(cfg, extractor, dataset, cache_dir, device, seed=seed, progress=progress,
+                            train_fingerprint=train_fingerprint)
+    for note in quality.notes():
+        log.info("sample quality: %s", note)
+    if quality.floor:
+        log.info("sample quality floor: %s", ", ".join(f"{k} {v:.4g}" for k, v in quality.floor.items()))
+    return quality
+
+
+def _check(cfg: FIDConfig, dataset: ImageDataset) -> None:
+    if cfg.num_samples < 2 or cfg.batch_size < 1 or cfg.kid_subsets < 1 or cfg.kid_subset_size < 2:
+        raise ConfigError(
+            "metrics.fid.num_samples and metrics.fid.kid_subset_size must be at least 2, metrics.fid.batch_size and "
+            "metrics.fid.kid_subsets at least 1"
+        )
+    smallest = min(cfg.num_samples, len(dataset.train))
+    if cfg.kid_subset_size > smallest:
+        raise ConfigError(
+            f"metrics.fid.kid_subset_size={cfg.kid_subset_size} is larger than the {smallest} images KID compares "
+            f"per side (metrics.fid.num_samples, capped by the training split): lower it or raise num_samples"
+        )

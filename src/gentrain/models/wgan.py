@@ -1,0 +1,149 @@
+"""Wasserstein GANs: the critic estimates the Wasserstein-1 distance, under a Lipschitz constraint chosen by
+`model.lipschitz`:
+
+- `clip`: weight clipping to [-c, c] after every critic step, RMSprop (Arjovsky et al., 2017);
+- `gp`: a penalty lambda * (||grad f(x_hat)|| - 1)^2 on random interpolates of real and generated images, Adam
+  with betas (0, 0.9), no batch norm in the critic (Gulrajani et al., 2017);
+- `spectral`: every critic layer divided by its largest singular value (Miyato et al., 2018).
+
+Each constraint comes with its paper's n_critic and optimizer (PAPER_SETTINGS). configs/model/wgan.yaml ties
+those defaults to `model.lipschitz` through the `wgan_paper` resolver, so `model.lipschitz=clip` alone gives
+the WGAN paper's settings; any of them can still be overridden. The networks are DCGAN's (gan.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from gentrain.config import OptimizerConfig, OptimizerName
+from gentrain.data.base import DataInfo
+from gentrain.data.batches import Batch
+from gentrain.errors import ConfigError
+from gentrain.models.base import LossOutput
+from gentrain.models.gan import GAN, CriticNorm, GANConfig
+
+
+class Lipschitz(Enum):
+    clip = "clip"
+    gp = "gp"
+    spectral = "spectral"
+
+
+@dataclass(frozen=True)
+class PaperSettings:
+    critic_steps: int
+    optimizer: OptimizerName
+    lr: float
+    betas: tuple[float, float]
+    critic_norm: CriticNorm  # what `critic_norm: auto` means for this constraint
+
+
+PAPER_SETTINGS = {
+    # Arjovsky et al. (2017), Algorithm 1: RMSprop, lr 5e-5, c = 0.01, n_critic = 5; DCGAN critic with batch norm.
+    Lipschitz.clip: PaperSettings(5, OptimizerName.rmsprop, 5e-5, (0.9, 0.999), CriticNorm.batch),
+    # Gulrajani et al. (2017), Algorithm 1: Adam(1e-4, 0, 0.9), lambda = 10, n_critic = 5; no batch norm.
+    Lipschitz.gp: PaperSettings(5, OptimizerName.adam, 1e-4, (0.0, 0.9), CriticNorm.none),
+    # Miyato et al. (2018), the standard-CNN setting C: Adam(2e-4, 0.5, 0.999), n_dis = 1; no batch norm.
+    Lipschitz.spectral: PaperSettings(1, OptimizerName.adam, 2e-4, (0.5, 0.999), CriticNorm.none),
+}
+
+
+def paper_setting(lipschitz: Union[Lipschitz, str], key: str) -> Any:
+    """The `wgan_paper` config resolver: ${wgan_paper:${.lipschitz},lr} -> that constraint's paper value."""
+    value = getattr(PAPER_SETTINGS[Lipschitz(getattr(lipschitz, "value", lipschitz))], key)
+    if isinstance(value, Enum):
+        return value.value
+    return list(value) if isinstance(value, tuple) else value
+
+
+def wgan_gp_optimizer() -> OptimizerConfig:
+    gp = PAPER_SETTINGS[Lipschitz.gp]
+    return OptimizerConfig(name=gp.optimizer, lr=gp.lr, betas=list(gp.betas))
+
+
+@dataclass
+class WGANConfig(GANConfig):
+    """Defaults are WGAN-GP's; configs/model/wgan.yaml makes the paper-dependent ones follow `lipschitz`."""
+
+    lipschitz: Lipschitz = Lipschitz.gp
+    clip_value: float = 0.01  # c of weight clipping (lipschitz=clip)
+    gp_weight: float = 10.0  # lambda of the gradient penalty (lipschitz=gp)
+    critic_steps: int = PAPER_SETTINGS[Lipschitz.gp].critic_steps
+    optim_generator: OptimizerConfig = field(default_factory=wgan_gp_optimizer)
+    optim_critic: OptimizerConfig = field(default_factory=wgan_gp_optimizer)
+
+
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, labels: Optional[Tensor]) -> Tensor:
+    """Mean over the batch of (||grad_x f(x_hat)||_2 - 1)^2 at x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1].
+
+    Computed in fp32 with autocast off: the penalty differentiates the critic's gradient, and bf16 gradients
+    of that norm are too coarse. create_graph keeps it differentiable for the critic's own update.
+    """
+    with torch.autocast(real.device.type, enabled=False):
+        real, fake = real.float(), fake.detach().float()
+        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+        mixed = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
+        scores = critic(mixed, labels).float()
+        (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
+        return (grad.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
+
+
+class WGAN(GAN):
+    """Wasserstein GAN: critic loss E[f(G(z))] - E[f(x)] (+ penalty), generator loss -E[f(G(z))]."""
+
+    config_class = WGANConfig
+    model_name = "wgan"
+
+    def __init__(self, cfg: WGANConfig, data: DataInfo):
+        norm = PAPER_SETTINGS[cfg.lipschitz].critic_norm if cfg.critic_norm is CriticNorm.auto else cfg.critic_norm
+        if cfg.lipschitz is not Lipschitz.clip and norm is CriticNorm.batch:
+            # Batch norm mixes the images of a batch, so neither a per-image gradient penalty nor per-layer
+            # spectral bounds constrain the critic any more.
+            raise ConfigError(f"model.lipschitz={cfg.lipschitz.value} cannot use model.critic_norm=batch; use layer or none")
+        if cfg.clip_value <= 0 or cfg.gp_weight < 0:
+            raise ConfigError("model.clip_value must be positive and model.gp_weight >= 0")
+        super().__init__(cfg, data, critic_norm=norm, spectral=cfg.lipschitz is Lipschitz.spectral)
+        self.lipschitz = cfg.lipschitz
+
+    def critic_loss(self, batch: Batch, step: int) -> LossOutput:
+        real = self.critic_input(self.scale(batch.x), step)
+        fake = self.critic_input(self.fake(batch), step)
+        real_score = self.critic(real, batch.y).float().mean()
+        fake_score = self.critic(fake, batch.y).float().mean()
+        wasserstein = real_score - fake_score
+        loss = -wasserstein
+        logs = {"wasserstein_estimate": wasserstein.detach(), "critic_real": real_score.detach(), "critic_fake": fake_score.detach()}
+        if self.lipschitz is Lipschitz.gp:
+            penalty = gradient_penalty(self.critic, real, fake, batch.y)
+            loss = loss + self.cfg.gp_weight * penalty
+            logs["gradient_penalty"] = penalty.detach()
+        logs["critic_loss"] = loss.detach()
+        return LossOutput(loss, logs)
+
+    def generator_loss(self, batch: Batch, step: int) -> LossOutput:
+        loss = -self.critic(self.critic_input(self.fake(batch), step), batch.y).float().mean()
+        return LossOutput(loss, {"generator_loss": loss.detach()})
+
+    @torch.no_grad()
+    def critic_after_step(self) -> None:
+        if self.lipschitz is Lipschitz.clip:
+            # Every critic parameter, batch-norm scales included, as in the WGAN reference code.
+            for param in self.critic.parameters():
+                param.clamp_(-self.cfg.clip_value, self.cfg.clip_value)
+
+    def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
+        real = self.critic(self.scale(batch.x), batch.y).float()
+        fake = self.critic(self.fake(batch), batch.y).float()
+        return {"critic_real": real, "critic_fake": fake, "wasserstein_estimate": real - fake}
+
+    def metric_notes(self) -> list[str]:
+        return [
+            f"wasserstein_estimate: mean critic score of validation images minus that of as many generated images "
+            f"(lipschitz={self.lipschitz.value}); the critic's estimate of W1 up to its Lipschitz constant, "
+            f"comparable only within a run",
+        ]
