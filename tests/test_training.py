@@ -107,3 +107,23 @@ def test_learning_rate_schedules() -> None:
     assert lr_factor(10, LRSchedule.cosine, 10, 110) == pytest.approx(1.0)
     assert lr_factor(60, LRSchedule.cosine, 10, 110) == pytest.approx(0.5)
     assert lr_factor(110, LRSchedule.linear, 10, 110) == pytest.approx(0.0)
+
+
+def test_a_time_limit_right_after_an_evaluation_does_not_evaluate_twice(
+    tmp_path: Path, shared_data: Path, monkeypatch
+) -> None:
+    from gentrain.trainer import Trainer
+
+    calls = []
+    original = Trainer.evaluate
+
+    def counting(self, split_name, **kwargs):
+        calls.append((self.step, split_name))
+        return original(self, split_name, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", counting)
+    # The clock runs out the moment the first evaluation (step 1) has happened.
+    monkeypatch.setattr(Trainer, "_wall_minutes", lambda self: 1e9 if calls else 0.0)
+    train_in_process(tmp_path, *QUICK, "trainer.max_steps=null", "trainer.max_minutes=1", "trainer.eval_every=1",
+                     "model.arch=mlp")
+    assert calls == [(1, "val"), (1, "test")]

@@ -104,6 +104,7 @@ class Trainer:
         self._window: dict[str, list[Tensor]] = {}
         self._window_steps, self._window_seconds = 0, 0.0
         self._stop_signal: Optional[int] = None
+        self._last_validation: Optional[tuple[int, dict[str, float]]] = None  # (step, metrics)
         # Fixed images and noise for the grids, so that steps compare.
         vis = next(eval_batches(self.dataset.val, cfg.num_samples, use_labels=self.use_labels))
         self.vis_batch = vis
@@ -315,13 +316,16 @@ class Trainer:
         if is_best:
             self.best_metric = main
         self.checkpoints.save(self.state_dict(), self.step, best=is_best)
+        self._last_validation = (self.step, metrics)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info("step %d: val %s%s", self.step, shown, " (best so far)" if is_best else "")
         self.logger.flush()
         return metrics
 
     def _finish(self) -> dict[str, Any]:
-        val = self._evaluate_and_save()
+        # A time limit can expire right after an evaluation: that step is validated and saved already.
+        already = self._last_validation is not None and self._last_validation[0] == self.step
+        val = self._last_validation[1] if already else self._evaluate_and_save()
         test = self.evaluate("test", final=True)
         self.logger.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
         log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
