@@ -10,7 +10,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from gentrain.config import NonFinitePolicy, Precision, TrainerConfig
 from gentrain.data.base import ImageDataset
 from gentrain.data.batches import Batch, TrainBatches, eval_batches
 from gentrain.ema import EMA
+from gentrain.evaluation import Evaluator, SampleMetrics
 from gentrain.errors import CheckpointError, ConfigError, NonFiniteError, Preempted
 from gentrain.logger import RunLogger, write_json
 from gentrain.models.base import GenerativeModel, LossOutput, Update
@@ -30,14 +31,6 @@ from gentrain.optim import build_optimizer, build_scheduler
 from gentrain.runtime import autocast, check_precision, peak_memory_mb
 
 log = logging.getLogger(__name__)
-
-
-class SampleMetrics(Protocol):
-    """Metrics of a model's samples (FID, KID: gentrain/metrics/sample_quality.py), added to every validation."""
-
-    def evaluate(self, model: GenerativeModel) -> dict[str, float]: ...
-
-    def notes(self) -> list[str]: ...
 
 
 class Trainer:
@@ -63,7 +56,6 @@ class Trainer:
         self.run_dir = run_dir
         self.identity = identity  # model name, model config and data shape: checked when a checkpoint loads
         self.hparams = hparams
-        self.sample_metrics = sample_metrics
         self.model = model.to(device)
         self.dataset = dataset.to(device)
         self.use_labels = bool(getattr(model, "conditional", False))
@@ -90,6 +82,10 @@ class Trainer:
                 raise ValueError(f"update uses unknown optimizer {update.optimizer!r}")
         self.params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()}
         self.ema = EMA(model.ema_module(), cfg.ema_decay) if cfg.ema_decay else None
+        self.evaluator = Evaluator(
+            self.model, self.dataset, batch_size=cfg.eval_batch_size, precision=cfg.precision, device=device,
+            seed=seed, limit=cfg.eval_limit, ema=self.ema, sample_metrics=sample_metrics, progress=cfg.progress_bar,
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision is Precision.fp16)
 
         self.logger: Optional[RunLogger] = None  # opened by fit(), after a resume has set the step
@@ -261,56 +257,10 @@ class Trainer:
         return postfix
 
     # --- evaluation -----------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        """Eval mode, EMA weights when enabled, and a fixed seed that leaves the training RNG untouched."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            torch.manual_seed(self.seed + 1)
-            ema = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
-            self.model.eval()
-            try:
-                with ema:
-                    yield
-            finally:
-                self.model.train()
-
-    def evaluate(self, split_name: str, *, final: bool = False) -> dict[str, float]:
-        """Mean metrics over the split (its first trainer.eval_limit images when set)."""
-        split = getattr(self.dataset, split_name)
-        sums: dict[str, Tensor] = {}
-        count = 0
-        n = self.eval_images(split_name)
-        batches = eval_batches(split, self.cfg.eval_batch_size, use_labels=self.use_labels, limit=n)
-        with self._eval_mode():
-            for batch in tqdm(batches, total=math.ceil(n / self.cfg.eval_batch_size), desc=f"eval {split_name}",
-                              leave=False, disable=self._bar_disabled):
-                with autocast(self.cfg.precision, self.device):
-                    values = self.model.evaluate(batch, final=final)
-                for name, value in values.items():
-                    total = value.detach().float().sum(0)
-                    sums[name] = sums[name] + total if name in sums else total
-                count += len(batch)
-            metrics = self.model.summarize({name: total / count for name, total in sums.items()})
-        return metrics
-
-    def eval_images(self, split_name: str) -> int:
-        size = len(getattr(self.dataset, split_name))
-        return size if self.cfg.eval_limit is None else min(size, self.cfg.eval_limit)
-
-    def _visualize(self) -> None:
-        with self._eval_mode():
-            generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
-            grids = self.model.visualize(self.vis_batch, generator)
-        self.logger.images(grids, self.step)
-
     def _evaluate_and_save(self) -> dict[str, float]:
-        metrics = self.evaluate("val")
-        if self.sample_metrics is not None:
-            with self._eval_mode():  # samples from the EMA weights with fixed seeds, like the grids
-                metrics.update(self.sample_metrics.evaluate(self.model))
+        metrics = self.evaluator.split("val") | self.evaluator.sample_quality()
         self.logger.scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
-        self._visualize()
+        self.logger.images(self.evaluator.grids(self.vis_batch), self.step)
         main = metrics.get(self.model.main_metric, math.inf)
         is_best = main < self.best_metric
         if is_best:
@@ -326,10 +276,10 @@ class Trainer:
         # A time limit can expire right after an evaluation: that step is validated and saved already.
         already = self._last_validation is not None and self._last_validation[0] == self.step
         val = self._last_validation[1] if already else self._evaluate_and_save()
-        test = self.evaluate("test", final=True)
+        test = self.evaluator.split("test", final=True)
         self.logger.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
         log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-        notes = self.model.metric_notes() + (self.sample_metrics.notes() if self.sample_metrics is not None else [])
+        notes = self.evaluator.notes()
         for note in notes:
             log.info("note: %s", note)
         result = {
@@ -342,7 +292,7 @@ class Trainer:
             "nonfinite_steps_skipped": self.nonfinite_skipped,
             "val": val,
             "test": test,
-            "eval_images": {"val": self.eval_images("val"), "test": self.eval_images("test")},
+            "eval_images": {"val": self.evaluator.images("val"), "test": self.evaluator.images("test")},
             "notes": notes,
         }
         write_json(self.run_dir / "metrics.json", result)

@@ -1,0 +1,111 @@
+"""Evaluation, done the same way wherever it happens: periodic validation, the final test pass, gentrain-eval
+and gentrain-sample.
+
+Eval mode, the EMA weights when the run keeps them, and a fixed seed that leaves the training RNG untouched,
+so that evaluating the same weights twice gives the same numbers and a run evaluated or not trains the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Optional, Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from gentrain.config import Precision
+from gentrain.data.base import ImageDataset
+from gentrain.data.batches import Batch, eval_batches
+from gentrain.ema import EMA
+from gentrain.models.base import GenerativeModel
+from gentrain.runtime import autocast
+
+
+class SampleMetrics(Protocol):
+    """Metrics of a model's samples (FID, KID: gentrain/metrics/sample_quality.py)."""
+
+    def evaluate(self, model: GenerativeModel) -> dict[str, float]: ...
+
+    def notes(self) -> list[str]: ...
+
+
+class Evaluator:
+    def __init__(
+        self,
+        model: GenerativeModel,
+        dataset: ImageDataset,
+        *,
+        batch_size: int,
+        precision: Precision,
+        device: torch.device,
+        seed: int,
+        limit: Optional[int] = None,
+        ema: Optional[EMA] = None,
+        sample_metrics: Optional[SampleMetrics] = None,
+        progress: bool = True,
+    ):
+        self.model = model
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.precision = precision
+        self.device = device
+        self.seed = seed
+        self.limit = limit
+        self.ema = ema
+        self.sample_metrics = sample_metrics
+        self.progress = None if progress else True  # tqdm's disable: None shows bars only on a terminal
+        self.use_labels = bool(getattr(model, "conditional", False))
+
+    @contextlib.contextmanager
+    def eval_mode(self, seed_offset: int = 1) -> Iterator[None]:
+        """Eval mode, EMA weights when kept, and a fixed seed that leaves the training RNG untouched."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(self.seed + seed_offset)
+            ema = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+            self.model.eval()
+            try:
+                with ema:
+                    yield
+            finally:
+                self.model.train()
+
+    def images(self, split_name: str) -> int:
+        """How many images of the split an evaluation covers (the first `limit` when set)."""
+        size = len(getattr(self.dataset, split_name))
+        return size if self.limit is None else min(size, self.limit)
+
+    def split(self, split_name: str, *, final: bool = False) -> dict[str, float]:
+        """Mean metrics over the split; `final` asks the model for its expensive end-of-run bounds."""
+        n = self.images(split_name)
+        batches = eval_batches(getattr(self.dataset, split_name), self.batch_size, use_labels=self.use_labels, limit=n)
+        sums: dict[str, Tensor] = {}
+        count = 0
+        with self.eval_mode():
+            for batch in tqdm(batches, total=math.ceil(n / self.batch_size), desc=f"eval {split_name}", leave=False,
+                              disable=self.progress):
+                with autocast(self.precision, self.device):
+                    values = self.model.evaluate(batch, final=final)
+                for name, value in values.items():
+                    total = value.detach().float().sum(0)
+                    sums[name] = sums[name] + total if name in sums else total
+                count += len(batch)
+            return self.model.summarize({name: total / count for name, total in sums.items()})
+
+    def sample_quality(self) -> dict[str, float]:
+        """FID / KID of the model's samples when configured, else nothing."""
+        if self.sample_metrics is None:
+            return {}
+        with self.eval_mode():
+            return self.sample_metrics.evaluate(self.model)
+
+    def grids(self, batch: Batch) -> dict[str, Tensor]:
+        """The model's image grids for a fixed batch, with fixed noise so that steps compare."""
+        with self.eval_mode(seed_offset=2):
+            generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
+            return self.model.visualize(batch, generator)
+
+    def notes(self) -> list[str]:
+        return self.model.metric_notes() + (self.sample_metrics.notes() if self.sample_metrics is not None else [])
