@@ -67,6 +67,28 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     return state
 
 
+def check_identity(
+    state: dict[str, Any], expected: dict[str, Any], path: Path, mutable: frozenset[str] = frozenset()
+) -> None:
+    """Refuse a checkpoint of another model, model config or data shape, saying which, before loading weights.
+
+    `expected` holds "model" (the registry name), "model_config" (a plain dict) and, when known, "data".
+    Optimizer settings and the `mutable` keys (the model's mutable_settings) may differ: a run may continue
+    with another learning rate, or be evaluated with more importance samples.
+    """
+    saved = state.get("identity", {})
+    if saved.get("model") != expected["model"]:
+        raise CheckpointError(f"{path} is a checkpoint of model '{saved.get('model')}', but this run trains '{expected['model']}'")
+    if "data" in expected and saved.get("data") != expected["data"]:
+        raise CheckpointError(f"{path} was trained on data of shape {saved.get('data')}, this run has {expected['data']}")
+    saved_cfg, our_cfg = saved.get("model_config", {}), expected["model_config"]
+    differing = [k for k in sorted(set(saved_cfg) | set(our_cfg))
+                 if saved_cfg.get(k) != our_cfg.get(k) and not k.startswith("optim") and k not in mutable]
+    if differing:
+        details = ", ".join(f"model.{k}: {saved_cfg.get(k)!r} there, {our_cfg.get(k)!r} here" for k in differing)
+        raise CheckpointError(f"{path} was trained with another model config ({details})")
+
+
 class CheckpointManager:
     def __init__(self, directory: Path, keep: int):
         self.directory = directory

@@ -35,7 +35,7 @@ class Evaluator:
     def __init__(
         self,
         model: GenerativeModel,
-        dataset: ImageDataset,
+        dataset: Optional[ImageDataset],  # None when only sampling
         *,
         batch_size: int,
         precision: Precision,

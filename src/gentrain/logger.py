@@ -48,7 +48,6 @@ class RunLogger:
         """`purge_step`: when continuing a run, hide the events its previous process wrote from that step on."""
         self.run_dir = run_dir
         self.samples_dir = run_dir / "samples"
-        self.samples_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=30, purge_step=purge_step)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
@@ -56,6 +55,7 @@ class RunLogger:
             self.writer.add_scalar(tag, value, step)
 
     def images(self, grids: Mapping[str, Tensor], step: int) -> None:
+        self.samples_dir.mkdir(parents=True, exist_ok=True)
         for name, images in grids.items():
             grid = image_grid(images)
             self.writer.add_image(name, grid, step)

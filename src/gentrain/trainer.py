@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gentrain.checkpoint import CheckpointManager, load_checkpoint
+from gentrain.checkpoint import CheckpointManager, check_identity, load_checkpoint
 from gentrain.config import NonFinitePolicy, Precision, TrainerConfig
 from gentrain.data.base import ImageDataset
 from gentrain.data.batches import Batch, TrainBatches, eval_batches
@@ -368,23 +368,9 @@ class Trainer:
                 if path is None:
                     raise CheckpointError(f"trainer.resume={source}: that run has no checkpoint to continue from")
         state = load_checkpoint(path, map_location=self.device)
-        self._check_identity(state.get("identity", {}), path)
+        check_identity(state, self.identity, path, type(self.model).mutable_settings)
         self.load_state_dict(state)
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.batches.epoch)
-
-    def _check_identity(self, saved: dict[str, Any], path: Path) -> None:
-        """Refuse a checkpoint of another model, config or data shape, saying which, before loading any weights."""
-        ours = self.identity
-        if saved.get("model") != ours["model"]:
-            raise CheckpointError(f"{path} is a checkpoint of model '{saved.get('model')}', but this run trains '{ours['model']}'")
-        if saved.get("data") != ours["data"]:
-            raise CheckpointError(f"{path} was trained on data of shape {saved.get('data')}, this run has {ours['data']}")
-        saved_cfg, our_cfg = saved.get("model_config", {}), ours["model_config"]
-        differing = sorted(k for k in set(saved_cfg) | set(our_cfg) if saved_cfg.get(k) != our_cfg.get(k))
-        differing = [k for k in differing if k not in ("optim", "optim_generator", "optim_critic")]
-        if differing:
-            details = ", ".join(f"model.{k}: {saved_cfg.get(k)!r} there, {our_cfg.get(k)!r} here" for k in differing)
-            raise CheckpointError(f"{path} was trained with another model config ({details})")
 
     # --- preemption -----------------------------------------------------------------------------------
     @contextlib.contextmanager

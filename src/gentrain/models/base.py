@@ -47,6 +47,9 @@ class GenerativeModel(nn.Module):
 
     config_class: ClassVar[type]
     main_metric: ClassVar[str] = "bits_per_dim"  # minimised; logged as val/<name> and returned to sweepers
+    # Config keys that change how the model is trained or evaluated but not what its weights mean: they may
+    # differ between a checkpoint and the run that loads it (optimizer settings always may).
+    mutable_settings: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, data: DataInfo):
         super().__init__()
@@ -75,9 +78,25 @@ class GenerativeModel(nn.Module):
 
     # --- sampling -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-        """n images as floats in [0, 1], shape (n, C, H, W)."""
+    def sample(
+        self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        """n images as floats in [0, 1], shape (n, C, H, W). `temperature` scales the sampling noise for
+        models that define it (flows, VAEs); the others refuse any value but 1 (`refuse_temperature`)."""
         raise NotImplementedError
+
+    def complete(self, batch: Batch, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The batch's images with their bottom half sampled given the top half (autoregressive models)."""
+        raise ConfigError(f"{type(self).__name__} cannot complete images: completion is for the PixelCNN family")
+
+    def interpolate(self, batch: Batch, steps: int = 10) -> Tensor:
+        """Images along paths between pairs of the batch's images, (pairs, steps, C, H, W) (latent-variable models)."""
+        raise ConfigError(f"{type(self).__name__} cannot interpolate between images: interpolation is for VAEs")
+
+    def refuse_temperature(self, temperature: float) -> None:
+        if temperature != 1.0:
+            raise ConfigError(f"{type(self).__name__} has no sampling temperature (flows and VAEs do)")
 
     @torch.no_grad()
     def visualize(self, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:

@@ -143,6 +143,8 @@ class GAN(GenerativeModel):
 
     main_metric = "fid"
     model_name = "gan"
+    mutable_settings = frozenset({"critic_steps", "instance_noise", "instance_noise_decay_steps", "loss", "clip_value",
+                                  "gp_weight"})
 
     def __init__(self, cfg: GANConfig, data: DataInfo, *, critic_norm: CriticNorm, spectral: bool = False):
         super().__init__(data)
@@ -211,7 +213,11 @@ class GAN(GenerativeModel):
 
     # --- sampling -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(
+        self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        self.refuse_temperature(temperature)
         if self.conditional and labels is None:
             labels = self.default_labels(n)
         images = self.generator(self.latents(n, generator), labels)

@@ -113,6 +113,7 @@ class VAE(GenerativeModel):
     """A Gaussian-latent VAE with a convolutional or MLP encoder/decoder."""
 
     config_class = VAEConfig
+    mutable_settings = frozenset({"beta", "kl_warmup_steps", "iw_samples"})
 
     def __init__(self, cfg: VAEConfig, data: DataInfo):
         super().__init__(data)
@@ -257,9 +258,13 @@ class VAE(GenerativeModel):
 
     # --- sampling -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Decoder mean images for latents drawn from the prior (the usual way VAE samples are shown)."""
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=self.device)
+    def sample(
+        self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        """Decoder mean images for latents drawn from the prior N(0, temperature^2 I) (the usual way VAE samples
+        are shown)."""
+        z = temperature * torch.randn(n, self.cfg.latent_dim, generator=generator, device=self.device)
         if self.conditional and labels is None:
             labels = self.default_labels(n)
         return self.likelihood.mean(self.decode(z, labels))
