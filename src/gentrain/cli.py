@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from gentrain import distributed
 from gentrain.config import Config, check_trainer_config, register_configs
 from gentrain.errors import ConfigError, GentrainError, Preempted
 from gentrain.logger import write_json
@@ -50,17 +51,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     config = to_schema(cfg)
     check_trainer_config(config.trainer)
     device = pick_device(config.trainer.device)
-    seed_everything(config.seed, config.trainer.deterministic)
+    parallel = distributed.context()
+    if parallel.enabled:
+        log.info("distributed: rank %d of %d processes, %s backend", parallel.rank, parallel.world_size, parallel.backend)
+    # Each process draws its own noise; model initialisation is rank 0's (DDP broadcasts it).
+    seed_everything(config.seed + parallel.rank, config.trainer.deterministic)
     dataset = load_dataset(config.dataset)
     log.info("data: %s", dataset.describe())
     model = build_model(config.model, dataset.info)
     name = model_name(config.model)
     log.info("model: %s with %s parameters", name, f"{sum(p.numel() for p in model.parameters()):,}")
     # Before the trainer: missing Inception weights or an unusable metrics config stop the run here.
+    # Under torchrun the main process alone scores samples.
     sample_metrics = build_sample_quality(
         config.metrics.fid, model=model, dataset=dataset, data_root=resolve_root(getattr(config.dataset, "root", None)),
         device=device, seed=config.seed, progress=config.trainer.progress_bar,
-    )
+    ) if parallel.is_main else None
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     identity = {"model": name, "model_config": container["model"], "data": dataset.info.__dict__}
     trainer = Trainer(
@@ -76,10 +82,12 @@ def _task(cfg: DictConfig) -> float:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     status = {"job": hydra_cfg.job.num if in_sweep else None, "overrides": list(hydra_cfg.overrides.task)}
     started = time.monotonic()
+    is_main = distributed.context().is_main
 
     def record(outcome: str, **extra: Any) -> None:
-        write_json(run_dir / "status.json", {"status": outcome, **status,
-                                             "wall_seconds": round(time.monotonic() - started, 1), **extra})
+        if is_main:
+            write_json(run_dir / "status.json", {"status": outcome, **status,
+                                                 "wall_seconds": round(time.monotonic() - started, 1), **extra})
 
     try:
         result = train(cfg, run_dir)
@@ -127,10 +135,26 @@ def _resume_arguments(argv: list[str]) -> list[str]:
     return [argv[0], *saved, *argv[1:], *here]
 
 
+def _rank_arguments(argv: list[str]) -> list[str]:
+    """Under torchrun, only rank 0 writes the run's .hydra/ files and log; the others print warnings only."""
+    parallel = distributed.context()
+    if parallel.enabled and ("-m" in argv or "--multirun" in argv):
+        print("gentrain: error: sweeps (-m) cannot run under torchrun; launch each job with torchrun instead",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+    if parallel.is_main:
+        return argv
+    return [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+
+
 def main() -> None:
     register_configs()
-    sys.argv = _resume_arguments(sys.argv)
-    hydra.main(version_base="1.3", config_path="pkg://gentrain.configs", config_name="config")(_task)()
+    distributed.init_from_environment()
+    sys.argv = _rank_arguments(_resume_arguments(sys.argv))
+    try:
+        hydra.main(version_base="1.3", config_path="pkg://gentrain.configs", config_name="config")(_task)()
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -174,9 +174,10 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     from gentrain.data import DATASETS
+    from gentrain.distributed import launch_time
     from gentrain.models import CONFIG_RESOLVERS, MODELS
 
-    for name, resolver in CONFIG_RESOLVERS.items():
+    for name, resolver in {"launch_time": launch_time, **CONFIG_RESOLVERS}.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
     store = ConfigStore.instance()
     store.store(name="gentrain_config", node=Config)

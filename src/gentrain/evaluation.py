@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from gentrain import distributed
 from gentrain.config import Precision
 from gentrain.data.base import ImageDataset
 from gentrain.data.batches import Batch, eval_batches
@@ -78,25 +79,34 @@ class Evaluator:
         return size if self.limit is None else min(size, self.limit)
 
     def split(self, split_name: str, *, final: bool = False) -> dict[str, float]:
-        """Mean metrics over the split; `final` asks the model for its expensive end-of-run bounds."""
+        """Mean metrics over the split; `final` asks the model for its expensive end-of-run bounds.
+
+        With several processes each evaluates its shard and the sums are added up, so the numbers are those of
+        the whole split."""
         n = self.images(split_name)
-        batches = eval_batches(getattr(self.dataset, split_name), self.batch_size, use_labels=self.use_labels, limit=n)
+        parallel = distributed.context()
+        batches = eval_batches(getattr(self.dataset, split_name), self.batch_size, use_labels=self.use_labels,
+                               limit=n, rank=parallel.rank, world_size=parallel.world_size)
         sums: dict[str, Tensor] = {}
-        count = 0
+        count = torch.zeros((), device=self.device)
         with self.eval_mode():
-            for batch in tqdm(batches, total=math.ceil(n / self.batch_size), desc=f"eval {split_name}", leave=False,
-                              disable=self.progress):
+            shard = n // parallel.world_size + 1
+            for batch in tqdm(batches, total=math.ceil(shard / self.batch_size), desc=f"eval {split_name}",
+                              leave=False, disable=self.progress):
                 with autocast(self.precision, self.device):
                     values = self.model.evaluate(batch, final=final)
                 for name, value in values.items():
                     total = value.detach().float().sum(0)
                     sums[name] = sums[name] + total if name in sums else total
                 count += len(batch)
+            for name in sorted(sums):  # the same order on every process
+                distributed.all_reduce_sum(sums[name])
+            distributed.all_reduce_sum(count)
             return self.model.summarize({name: total / count for name, total in sums.items()})
 
     def sample_quality(self) -> dict[str, float]:
-        """FID / KID of the model's samples when configured, else nothing."""
-        if self.sample_metrics is None:
+        """FID / KID of the model's samples when configured (computed by the main process), else nothing."""
+        if self.sample_metrics is None or not distributed.context().is_main:
             return {}
         with self.eval_mode():
             return self.sample_metrics.evaluate(self.model)

@@ -42,19 +42,27 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
 
 
 class RunLogger:
-    """Writes into the run directory: the event file at its root and PNG grids under samples/."""
+    """Writes into the run directory: the event file at its root and PNG grids under samples/.
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None):
+    A disabled logger (processes other than rank 0 under torchrun) writes nothing.
+    """
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True):
         """`purge_step`: when continuing a run, hide the events its previous process wrote from that step on."""
         self.run_dir = run_dir
         self.samples_dir = run_dir / "samples"
-        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=30, purge_step=purge_step)
+        self.enabled = enabled
+        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=30, purge_step=purge_step) if enabled else None
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
+        if not self.enabled:
+            return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
     def images(self, grids: Mapping[str, Tensor], step: int) -> None:
+        if not self.enabled:
+            return
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         for name, images in grids.items():
             grid = image_grid(images)
@@ -63,23 +71,28 @@ class RunLogger:
             save_image(grid, self.samples_dir / filename)
 
     def text(self, tag: str, text: str) -> None:
-        self.writer.add_text(tag, text)
+        if self.enabled:
+            self.writer.add_text(tag, text)
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
         """The run's hyperparameters with its final metrics, in this run's own event file (hparams view).
 
         `metrics` maps scalar tags already logged (e.g. test/bits_per_dim) to their final values.
         """
+        if not self.enabled:
+            return
         experiment, start, end = hparams_summary(dict(hparams), dict(metrics))
         file_writer = self.writer._get_file_writer()
         for summary in (experiment, start, end):
             file_writer.add_summary(summary, step)
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self.enabled:
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.enabled:
+            self.writer.close()
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -15,10 +15,12 @@ from gentrain.errors import ConfigError
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' picks cuda > mps > cpu; an explicit device must exist."""
+    """'auto' picks cuda > mps > cpu (under torchrun: this process's GPU); an explicit device must exist."""
+    from gentrain.distributed import context
+
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", context().local_rank)
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")

@@ -14,10 +14,12 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from gentrain import distributed
 from gentrain.checkpoint import CheckpointManager, check_identity, load_checkpoint
 from gentrain.config import NonFinitePolicy, Precision, TrainerConfig
 from gentrain.data.base import ImageDataset
@@ -31,6 +33,20 @@ from gentrain.optim import build_optimizer, build_scheduler
 from gentrain.runtime import autocast, check_precision, peak_memory_mb
 
 log = logging.getLogger(__name__)
+
+
+class _LossRunner(nn.Module):
+    """Computes an update's loss inside forward(), so that DistributedDataParallel sees one forward per backward
+    (models compute their losses in methods of their own, which DDP would not see)."""
+
+    def __init__(self, model: GenerativeModel, updates: list[Update]):
+        super().__init__()
+        self.model = model
+        self.updates = updates
+
+    def forward(self, index: int, x: Tensor, y: Optional[Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.updates[index].loss(Batch(x, y), step)
+        return out.loss, out.logs
 
 
 class Trainer:
@@ -59,10 +75,15 @@ class Trainer:
         self.model = model.to(device)
         self.dataset = dataset.to(device)
         self.use_labels = bool(getattr(model, "conditional", False))
+        self.parallel = distributed.context()
+        if cfg.batch_size % self.parallel.world_size:
+            raise ConfigError(f"trainer.batch_size={cfg.batch_size} (the global batch) must divide evenly among "
+                              f"{self.parallel.world_size} processes")
 
         self.batches = TrainBatches(
             self.dataset.train, cfg.batch_size, seed=seed, use_labels=self.use_labels,
-            dynamic_binarization=dataset.dynamic_binarization,
+            dynamic_binarization=dataset.dynamic_binarization, rank=self.parallel.rank,
+            world_size=self.parallel.world_size,
         )
         if self.batches.steps_per_epoch == 0:
             raise ConfigError(
@@ -81,6 +102,13 @@ class Trainer:
             if update.optimizer not in self.optimizers:
                 raise ValueError(f"update uses unknown optimizer {update.optimizer!r}")
         self.params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()}
+        self.ddp: Optional[DistributedDataParallel] = None
+        if self.parallel.enabled:
+            # With several optimizers each update leaves the other networks without gradients.
+            self.ddp = DistributedDataParallel(
+                _LossRunner(self.model, self.updates), device_ids=[device] if device.type == "cuda" else None,
+                find_unused_parameters=len(self.optimizers) > 1,
+            )
         self.ema = EMA(model.ema_module(), cfg.ema_decay) if cfg.ema_decay else None
         self.evaluator = Evaluator(
             self.model, self.dataset, batch_size=cfg.eval_batch_size, precision=cfg.precision, device=device,
@@ -115,15 +143,19 @@ class Trainer:
         if cfg.resume:
             self.resume(cfg.resume)
         # Events a killed run wrote after its last checkpoint are hidden, so curves have no duplicate points.
-        self.logger = RunLogger(self.run_dir, purge_step=self.step + 1 if self.step else None)
+        self.logger = RunLogger(self.run_dir, purge_step=self.step + 1 if self.step else None,
+                                enabled=self.parallel.is_main)
         log.info("training on %s (%s) for %s", self.device, cfg.precision.value, self._limits_text())
         self._started = time.monotonic() - 60.0 * self.minutes_before_resume
         bar = tqdm(total=self.planned_steps, initial=self.step, desc="train", unit="step",
-                   disable=self._bar_disabled, dynamic_ncols=True)
+                   disable=self._bar_disabled if self.parallel.is_main else True, dynamic_ncols=True)
         with logging_redirect_tqdm(), bar, self._stop_on_signals():
-            while not self._should_stop():
-                if self._stop_signal is not None:
+            while True:
+                time_is_up, signalled = self._stop_requests()
+                if signalled:
                     self._save_and_exit()
+                if time_is_up or self._step_limit_reached():
+                    break
                 tick = time.perf_counter()
                 self._train_step(next(self.batches))
                 self.step += 1
@@ -134,8 +166,8 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
                     bar.set_postfix(self._log_train(), refresh=False)
-                if self._should_stop():
-                    break
+                if self._step_limit_reached():
+                    break  # the final evaluation follows
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self._evaluate_and_save()
         return self._finish()
@@ -146,26 +178,31 @@ class Trainer:
                  f"{self.cfg.max_minutes} minutes" if self.cfg.max_minutes else None]
         return " or ".join(p for p in parts if p) + ", whichever comes first"
 
-    def _should_stop(self) -> bool:
+    def _step_limit_reached(self) -> bool:
         cfg = self.cfg
-        return bool(
-            (cfg.max_steps and self.step >= cfg.max_steps)
-            or (cfg.max_epochs and self.batches.epoch >= cfg.max_epochs)
-            or (cfg.max_minutes and self._wall_minutes() >= cfg.max_minutes)
-        )
+        return bool((cfg.max_steps and self.step >= cfg.max_steps) or (cfg.max_epochs and self.batches.epoch >= cfg.max_epochs))
+
+    def _stop_requests(self) -> tuple[bool, bool]:
+        """(time limit reached, stop signal received), agreed by every process: clocks and signals are per process."""
+        time_is_up = bool(self.cfg.max_minutes and self._wall_minutes() >= self.cfg.max_minutes)
+        time_is_up, signalled = distributed.any_process([time_is_up, self._stop_signal is not None], self.device)
+        return time_is_up, signalled
 
     def _wall_minutes(self) -> float:
         """Minutes since the run first started, across resumes."""
         return (time.monotonic() - self._started) / 60.0
 
     def _train_step(self, batch: Batch) -> None:
-        for update in self.updates:
+        for index, update in enumerate(self.updates):
             if self.step % update.every:
                 continue
             optimizer = self.optimizers[update.optimizer]
             params = self.params[update.optimizer]
             with self._only_trainable(update.optimizer), autocast(self.cfg.precision, self.device):
-                out = update.loss(batch, self.step)
+                if self.ddp is None:
+                    out = update.loss(batch, self.step)
+                else:  # through DDP, which averages the gradients of all processes during backward
+                    out = LossOutput(*self.ddp(index, batch.x, batch.y, self.step))
             self.scaler.scale(out.loss).backward()
             self.scaler.unscale_(optimizer)
             grad_norm = self._grad_norm(params)
@@ -216,7 +253,8 @@ class Trainer:
         checks = [out.loss.detach().float().reshape(())]
         if not self.scaler.is_enabled():  # with fp16 the scaler itself skips steps with overflowing gradients
             checks.append(grad_norm.detach().float().reshape(()))
-        if bool(torch.isfinite(torch.stack(checks)).all()):
+        finite = bool(torch.isfinite(torch.stack(checks)).all())
+        if not distributed.any_process([not finite], self.device)[0]:  # every process steps, or none
             self.nonfinite_in_a_row = 0
             return True
         self.nonfinite_in_a_row += 1
@@ -260,12 +298,14 @@ class Trainer:
     def _evaluate_and_save(self) -> dict[str, float]:
         metrics = self.evaluator.split("val") | self.evaluator.sample_quality()
         self.logger.scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
-        self.logger.images(self.evaluator.grids(self.vis_batch), self.step)
+        if self.parallel.is_main:
+            self.logger.images(self.evaluator.grids(self.vis_batch), self.step)
         main = metrics.get(self.model.main_metric, math.inf)
         is_best = main < self.best_metric
         if is_best:
             self.best_metric = main
-        self.checkpoints.save(self.state_dict(), self.step, best=is_best)
+        if self.parallel.is_main:
+            self.checkpoints.save(self.state_dict(), self.step, best=is_best)
         self._last_validation = (self.step, metrics)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info("step %d: val %s%s", self.step, shown, " (best so far)" if is_best else "")
@@ -295,7 +335,8 @@ class Trainer:
             "eval_images": {"val": self.evaluator.images("val"), "test": self.evaluator.images("test")},
             "notes": notes,
         }
-        write_json(self.run_dir / "metrics.json", result)
+        if self.parallel.is_main:
+            write_json(self.run_dir / "metrics.json", result)
         self.logger.text("notes", "\n\n".join(notes))
         final_metrics = {f"val/{k}": v for k, v in val.items()} | {f"test/{k}": v for k, v in test.items()}
         self.logger.hparams(self.hparams, final_metrics, self.step)
@@ -353,6 +394,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+        if self.parallel.rank > 0:  # the checkpoint holds rank 0's generators; the others continue independently
+            torch.manual_seed(self.seed + 1_000_003 * self.parallel.rank + self.step)
 
     def resume(self, source: str) -> None:
         """Continue from `source`: 'auto' (this run's latest checkpoint, if any), a run directory or a checkpoint."""
@@ -393,7 +436,8 @@ class Trainer:
                 signal.signal(sig, old)
 
     def _save_and_exit(self) -> None:
-        path = self.checkpoints.save(self.state_dict(), self.step, best=False)
+        path = self.checkpoints.save(self.state_dict(), self.step, best=False) if self.parallel.is_main else None
+        distributed.barrier()  # no process exits (and gets its siblings killed) before the checkpoint is written
         self.logger.close()
         raise Preempted(
             f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; checkpoint {path}. "

@@ -26,15 +26,19 @@ class TrainBatches:
     """Endless shuffled batches of the training split; the last partial batch of each epoch is dropped.
 
     The order of epoch e depends only on (seed, e), and the position inside the epoch is part of the state,
-    so a resumed run sees exactly the batches the uninterrupted run would have seen.
+    so a resumed run sees exactly the batches the uninterrupted run would have seen. With several processes
+    each takes its own contiguous shard of every global batch of `batch_size` images; the state counts global
+    batches, so a run can resume with another number of processes.
     """
 
     def __init__(
-        self, split: ImageSplit, batch_size: int, *, seed: int, use_labels: bool, dynamic_binarization: bool
+        self, split: ImageSplit, batch_size: int, *, seed: int, use_labels: bool, dynamic_binarization: bool,
+        rank: int = 0, world_size: int = 1,
     ):
         self.images = split.images
         self.labels = split.labels if use_labels else None
         self.batch_size = batch_size
+        self.shard = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
         self.seed = seed
         self.dynamic_binarization = dynamic_binarization
         self.steps_per_epoch = len(split) // batch_size
@@ -54,7 +58,7 @@ class TrainBatches:
         if self._order is None:
             self._order = self._epoch_order()
         start = self.position * self.batch_size
-        index = self._order[start : start + self.batch_size]
+        index = self._order[start : start + self.batch_size][self.shard]
         x = self.images[index]
         if self.dynamic_binarization:  # a fresh Bernoulli draw per batch, from the device's global RNG
             x = (torch.rand(x.shape, device=x.device) * 255.0 < x).to(torch.uint8)
@@ -71,10 +75,15 @@ class TrainBatches:
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
 
 
-def eval_batches(split: ImageSplit, batch_size: int, *, use_labels: bool, limit: Optional[int] = None) -> Iterator[Batch]:
-    """The split in order, in batches of `batch_size` (the last one may be smaller)."""
+def eval_batches(
+    split: ImageSplit, batch_size: int, *, use_labels: bool, limit: Optional[int] = None, rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Batch]:
+    """The split in order, in batches of `batch_size` (the last one may be smaller). With several processes
+    each gets a contiguous 1/world_size of the (first `limit` images of the) split."""
     n = len(split) if limit is None else min(limit, len(split))
-    for start in range(0, n, batch_size):
-        end = min(start + batch_size, n)
+    first, last = n * rank // world_size, n * (rank + 1) // world_size
+    for start in range(first, last, batch_size):
+        end = min(start + batch_size, last)
         y = split.labels[start:end] if use_labels and split.labels is not None else None
         yield Batch(split.images[start:end], y)

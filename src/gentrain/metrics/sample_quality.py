@@ -79,12 +79,14 @@ class SampleQuality:
         self.kid_reference_images = min(len(dataset.train), cfg.num_samples)
         self.floor_images = min(len(dataset.val), cfg.num_samples)
         features = PrecomputedFeatures(extractor.num_features)
-        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False).to(device)
+        # One process scores the samples (rank 0 under torchrun): torchmetrics must not wait for the others.
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False, sync_on_compute=False).to(device)
         self.fid.persistent(True)  # its reference statistics go into the cache through state_dict()
         with warnings.catch_warnings():  # it warns that it keeps every feature: num_samples of them, known here
             warnings.filterwarnings("ignore", message=".*Kernel Inception Distance.*")
             self.kid = KernelInceptionDistance(
                 feature=features, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, reset_real_features=False,
+                sync_on_compute=False,
             ).to(device)
 
         key = {

@@ -1,0 +1,106 @@
+"""Several processes under torchrun: the process group, which process writes, and reductions.
+
+    torchrun --nproc_per_node=4 -m gentrain model=vae dataset=cifar10
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=host:29500 -m gentrain ...
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; gentrain then joins the process group (NCCL on GPUs, Gloo on
+CPU), each process trains on its shard of every global batch through DistributedDataParallel, evaluation
+metrics are summed over all processes, and only rank 0 writes logs, samples, metrics and checkpoints. A
+single process is the special case world_size = 1, where nothing here does anything.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_context = Distributed()
+_launch_time = datetime.datetime.now()
+
+
+def init_from_environment() -> Distributed:
+    """Join the process group torchrun describes; a no-op for a single process. Idempotent."""
+    global _context, _launch_time
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1 or _context.enabled:
+        return _context
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend)
+    _context = Distributed(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+    # Every process names the run directory after rank 0's start time, so they all write to the same one.
+    shared = [_launch_time]
+    dist.broadcast_object_list(shared, src=0)
+    _launch_time = shared[0]
+    return _context
+
+
+def context() -> Distributed:
+    return _context
+
+
+def launch_time(pattern: str) -> str:
+    """The `launch_time` config resolver: when this run started (rank 0's clock), formatted with `pattern`."""
+    return _launch_time.strftime(pattern)
+
+
+def shutdown() -> None:
+    if _context.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over every process, in place (a copy of the value for one process)."""
+    if _context.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_process(flags: list[bool], device: torch.device) -> list[bool]:
+    """For each flag: is it true on any process? (one small all-reduce when distributed, so all agree)"""
+    if not _context.enabled:
+        return flags
+    values = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in values.tolist()]
+
+
+def barrier() -> None:
+    if _context.enabled:
+        dist.barrier()
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's `value` on every process."""
+    if not _context.enabled:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
