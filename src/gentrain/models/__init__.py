@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from gentrain.data.base import DataInfo
 from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
+from gentrain.models.gated_pixelcnn import GatedPixelCNN
+from gentrain.models.pixelcnn import PixelCNN
 from gentrain.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
+    "pixelcnn": PixelCNN,
+    "gated_pixelcnn": GatedPixelCNN,
 }
 
 
