@@ -7,12 +7,14 @@ from gentrain.data.base import DataInfo
 from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
 from gentrain.models.gated_pixelcnn import GatedPixelCNN
 from gentrain.models.pixelcnn import PixelCNN
+from gentrain.models.realnvp import RealNVP
 from gentrain.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
     "pixelcnn": PixelCNN,
     "gated_pixelcnn": GatedPixelCNN,
+    "realnvp": RealNVP,
 }
 
 
