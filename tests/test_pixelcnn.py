@@ -113,20 +113,24 @@ def test_plain_pixelcnn_has_a_blind_spot_above_right():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_receptive_rows_is_exact_and_cropping_above_and_below_changes_nothing(variant):
-    model = build(variant, DataInfo(3, 12, 6, 4, None), output=PixelOutput.softmax, num_layers=3)
-    x = torch.rand(2, 3, 12, 6, dtype=torch.double) * 2 - 1
+def test_reach_is_exact_and_the_samplers_crop_changes_nothing(variant):
+    model = build(variant, DataInfo(3, 14, 13, 4, None), output=PixelOutput.softmax, num_layers=2)
+    x = torch.rand(2, 3, 14, 13, dtype=torch.double) * 2 - 1
     full = model.network.features(x, None)
-    reach = model.network.receptive_rows
-    for i in range(12):
-        top = max(0, i - reach)
-        cropped = model.network.features(x[:, :, top : i + 1], None)[:, :, -1]
-        torch.testing.assert_close(cropped, full[:, :, i], rtol=0, atol=1e-12)
-    # and the reach is not larger than needed: the bottom row sees the row `reach` above it
+    rows_above, columns_aside = model.network.reach
+    for i in range(14):
+        for j in range(13):
+            top, left = max(0, i - rows_above), max(0, j - columns_aside)
+            window = x[:, :, top : i + 1, left : j + columns_aside + 1]
+            cropped = model.network.features(window, None)[:, :, -1, j - left]
+            torch.testing.assert_close(cropped, full[:, :, i, j], rtol=0, atol=1e-12)
+    # and the reach is no larger than needed: the centre of the bottom row sees that far up and aside
     x_req = x.clone().requires_grad_(True)
-    model.network.features(x_req, None)[:, :, -1].sum().backward()
-    rows_seen = x_req.grad.abs().sum((0, 1, 3)) > 0
-    assert rows_seen[11 - reach] and not rows_seen[: 11 - reach].any()
+    model.network.features(x_req, None)[:, :, -1, 6].sum().backward()
+    seen = x_req.grad.abs().sum((0, 1)) > 0  # (H, W)
+    rows, cols = seen.nonzero().unbind(1)
+    assert 13 - int(rows.min()) == rows_above
+    assert 6 - int(cols.min()) == columns_aside == int(cols.max()) - 6
 
 
 @pytest.mark.parametrize("variant,channels,output", [

@@ -75,10 +75,10 @@ class AutoregressiveNetwork(nn.Module):
     """
 
     def __init__(self, feature_channels: int, head_channels: int, num_params: int, colours: int,
-                 num_classes: int, class_bias_channels: int, receptive_rows: int):
+                 num_classes: int, class_bias_channels: int, reach: tuple[int, int]):
         super().__init__()
         self.colours = colours
-        self.receptive_rows = receptive_rows  # how many rows above the current one the features can see
+        self.reach = reach  # (rows above, columns to either side) of the current pixel that its features see
         self.head = nn.Sequential(
             nn.ReLU(), pointwise_conv(feature_channels, head_channels, colours),
             nn.ReLU(), pointwise_conv(head_channels, num_params, colours),
@@ -182,21 +182,23 @@ class AutoregressiveModel(GenerativeModel):
                  generator: Optional[torch.Generator], desc: str = "sample") -> Tensor:
         """Draw rows first_row.. of the integer images (B, C, H, W) pixel by pixel, in place; returns them.
 
-        Each step runs the causal body only on the rows its receptive field covers (rows below i cannot
-        change row i, rows above it out of reach neither) and the head only on pixel (i, j); drawn values are
-        written straight into the already scaled network input.
+        Each step runs the causal body only on the window its receptive field covers (the rows up to i and
+        the columns within reach of j: inputs outside cannot change pixel (i, j)), and the head only on pixel
+        (i, j); drawn values are written straight into the already scaled network input.
         """
         height, width = self.data.height, self.data.width
         inputs = self.network_input(images)
         class_bias = self.network.embed_labels(labels)
         # Per sub-pixel outputs draw colour c after colours < c are known; a mixture draws the whole pixel.
         colour_steps = [slice(c, c + 1) for c in range(self.data.channels)] if self.per_subpixel else [slice(None)]
+        rows_above, columns_aside = self.network.reach
         for i in tqdm(range(first_row, height), desc=desc, unit="row", leave=False, disable=None):
-            top = max(0, i - self.network.receptive_rows)
+            top = max(0, i - rows_above)
             for j in range(width):
+                left, right = max(0, j - columns_aside), min(width, j + columns_aside + 1)
                 for colours in colour_steps:
-                    features = self.network.features(inputs[:, :, top : i + 1], class_bias)
-                    params = self.network.head(features[:, :, -1:, j : j + 1])
+                    features = self.network.features(inputs[:, :, top : i + 1, left:right], class_bias)
+                    params = self.network.head(features[:, :, -1:, j - left : j - left + 1])
                     drawn = self.likelihood.sample(params, generator)[:, colours, 0, 0]
                     images[:, colours, i, j] = drawn
                     inputs[:, colours, i, j] = self.network_input(drawn)

@@ -54,9 +54,10 @@ class GatedPixelCNNNetwork(AutoregressiveNetwork):
     def __init__(self, cfg: GatedPixelCNNConfig, data: DataInfo, colours: int, num_params: int, num_classes: int):
         p = cfg.hidden_channels
         layers = 1 + cfg.num_layers
-        # The first vertical layer reads first_kernel_size // 2 + 1 rows above (its input is shifted down).
-        receptive_rows = cfg.first_kernel_size // 2 + 1 + cfg.num_layers * (cfg.kernel_size // 2)
-        super().__init__(p, cfg.head_channels, num_params, colours, num_classes, layers * 4 * p, receptive_rows)
+        # Each layer widens the window by kernel_size // 2 up and to both sides; the first vertical layer
+        # reads one row more than that, its input being shifted down.
+        aside = cfg.first_kernel_size // 2 + cfg.num_layers * (cfg.kernel_size // 2)
+        super().__init__(p, cfg.head_channels, num_params, colours, num_classes, layers * 4 * p, (aside + 1, aside))
         self.bias_sizes = [4 * p] * layers  # 2p for the vertical gates, 2p for the horizontal ones
         self.layers = nn.ModuleList(
             [GatedLayer(data.channels, p, cfg.first_kernel_size, colours, first=True)]

@@ -41,8 +41,8 @@ class MaskedResidualBlock(nn.Module):
 class PixelCNNNetwork(AutoregressiveNetwork):
     def __init__(self, cfg: PixelCNNConfig, data: DataInfo, colours: int, num_params: int, num_classes: int):
         width, inner = cfg.hidden_channels, cfg.hidden_channels // 2
-        receptive_rows = cfg.first_kernel_size // 2 + cfg.num_layers * (cfg.kernel_size // 2)
-        super().__init__(width, cfg.head_channels, num_params, colours, num_classes, cfg.num_layers * inner, receptive_rows)
+        reach = cfg.first_kernel_size // 2 + cfg.num_layers * (cfg.kernel_size // 2)  # rows up, columns aside
+        super().__init__(width, cfg.head_channels, num_params, colours, num_classes, cfg.num_layers * inner, (reach, reach))
         self.bias_sizes = [inner] * cfg.num_layers
         self.input_conv = masked_square_conv(data.channels, width, cfg.first_kernel_size, MaskType.A, colours)
         self.blocks = nn.ModuleList(MaskedResidualBlock(width, cfg.kernel_size, colours) for _ in range(cfg.num_layers))
