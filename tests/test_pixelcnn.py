@@ -3,6 +3,7 @@ absence, the sampler's shortcuts, the uniform-output baseline, and config errors
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
+from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogisticMixture
 from gentrain.errors import ConfigError
 from gentrain.models.autoregressive import PixelOutput
 from gentrain.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
@@ -151,6 +153,17 @@ def test_sampler_draws_each_subpixel_from_its_conditional(variant, channels, out
     with torch.no_grad():
         params = model.network(model.network_input(images))
     torch.testing.assert_close(mode(params), images, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("likelihood", [Categorical(5, 3), DiscretizedLogisticMixture(5, 3, 3), Bernoulli(2, 3)])
+def test_output_distributions_sum_to_one_over_every_rgb_value(likelihood):
+    """The outputs the models use are exact distributions over whole pixels, colour coupling included."""
+    values = torch.tensor(list(itertools.product(range(likelihood.levels), repeat=3)))  # every (R, G, B)
+    x = values.view(-1, 3, 1, 1)
+    torch.manual_seed(0)
+    params = (2 * torch.randn(1, likelihood.num_params, 1, 1)).expand(len(values), -1, -1, -1)
+    total = torch.logsumexp(likelihood.log_prob(params, x), dim=0)
+    torch.testing.assert_close(total, torch.tensor(0.0), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

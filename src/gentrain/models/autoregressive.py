@@ -22,8 +22,7 @@ from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogisticMixture, PixelLikelihood
 from gentrain.errors import ConfigError
-from gentrain.metrics import bits_per_dim
-from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
+from gentrain.models.likelihood import LikelihoodModel
 from gentrain.nn import pointwise_conv
 
 
@@ -114,7 +113,7 @@ def check_odd_kernel(name: str, value: int) -> None:
         raise ConfigError(f"model.{name} must be an odd number >= 3, got {value}")
 
 
-class AutoregressiveModel(GenerativeModel):
+class AutoregressiveModel(LikelihoodModel):
     """p(x) = prod_i p(x_i | x_<i) over sub-pixels in raster order, trained by exact maximum likelihood."""
 
     registry_name: str  # for error messages: "pixelcnn", "gated_pixelcnn"
@@ -143,7 +142,7 @@ class AutoregressiveModel(GenerativeModel):
     def build_network(self, cfg: AutoregressiveConfig, data: DataInfo, colours: int, num_classes: int) -> AutoregressiveNetwork:
         raise NotImplementedError
 
-    # --- objective ------------------------------------------------------------------------------------
+    # --- objective (training and evaluation: models/likelihood.py) ----------------------------------------
     def network_input(self, x: Tensor) -> Tensor:
         """Integer images in [0, levels) -> floats in [-1, 1]."""
         return x.float() * (2.0 / (self.data.levels - 1)) - 1.0
@@ -152,21 +151,6 @@ class AutoregressiveModel(GenerativeModel):
         """-log p(x) of the discrete images in nats, (B,)."""
         params = self.network(self.network_input(batch.x), self.network.embed_labels(batch.y))
         return -self.likelihood.log_prob(params, batch.x)
-
-    def loss(self, batch: Batch, step: int) -> LossOutput:
-        nll = self.nll_nats(batch)
-        bpd = bits_per_dim(nll, self.data.num_dims).mean()
-        return LossOutput(bpd, {"loss": bpd.detach(), "bits_per_dim": bpd.detach(), "nll_nats": nll.mean().detach()})
-
-    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(self.parameters(), self.cfg.optim)}
-
-    def updates(self) -> list[Update]:
-        return [Update("model", self.loss)]
-
-    def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
-        nll = self.nll_nats(batch)
-        return {"bits_per_dim": bits_per_dim(nll, self.data.num_dims), "nll_nats": nll}
 
     def metric_notes(self) -> list[str]:
         d = self.data

@@ -27,8 +27,7 @@ from gentrain.config import OptimizerConfig
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
-from gentrain.metrics import bits_per_dim
-from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
+from gentrain.models.likelihood import LikelihoodModel
 from gentrain.nn import ActNorm, Coupling, CouplingMask, LogitTransform, squeeze, standard_normal_log_prob, unsqueeze
 
 
@@ -125,7 +124,7 @@ class MultiScaleFlow(nn.Module):
         return y
 
 
-class RealNVP(GenerativeModel):
+class RealNVP(LikelihoodModel):
     """A multi-scale RealNVP (or NICE-style additive) flow on logit-transformed, dequantized images."""
 
     config_class = RealNVPConfig
@@ -163,28 +162,14 @@ class RealNVP(GenerativeModel):
         """Latents (B, D) -> images u in [0, 1] (B, C, H, W)."""
         return self.logit.inverse(self.flow.inverse(z))
 
-    # --- objective ------------------------------------------------------------------------------------
-    def nll_nats(self, x: Tensor) -> Tensor:
+    # --- objective (training and evaluation: models/likelihood.py) ----------------------------------------
+    def nll_nats(self, batch: Batch) -> Tensor:
         """Upper bound on -log P(x) of the discrete images in nats, (B,), from one dequantization sample."""
+        x = batch.x
         u = (x.float() + torch.rand(x.shape, device=x.device)) / self.data.levels
         z, log_det = self(u)
         log_density = standard_normal_log_prob(z) + log_det
         return dequantized_nll_nats(log_density, self.data.num_dims, self.data.levels)
-
-    def loss(self, batch: Batch, step: int) -> LossOutput:
-        nll = self.nll_nats(batch.x)
-        bpd = bits_per_dim(nll, self.data.num_dims).mean()
-        return LossOutput(bpd, {"loss": bpd.detach(), "bits_per_dim": bpd.detach(), "nll_nats": nll.mean().detach()})
-
-    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(self.parameters(), self.cfg.optim)}
-
-    def updates(self) -> list[Update]:
-        return [Update("model", self.loss)]
-
-    def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
-        nll = self.nll_nats(batch.x)
-        return {"bits_per_dim": bits_per_dim(nll, self.data.num_dims), "nll_nats": nll}
 
     def metric_notes(self) -> list[str]:
         d = self.data
