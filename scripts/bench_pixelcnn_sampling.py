@@ -7,8 +7,8 @@
 
 The weights are untrained (the speed does not depend on them). Each image takes H * W network passes (times C
 for RGB with a per-sub-pixel output); the sampler runs the network only on the window the receptive field
-covers and the output layers only on the current pixel. `--no-window` widens that window to every row above
-and the whole width, which shows what the crop saves.
+covers and the output layers only on the current pixel. `--no-window` widens that window to all rows up to
+the current one and the whole width (rows below are still skipped), which shows what the crop saves.
 """
 
 from __future__ import annotations
@@ -67,13 +67,13 @@ def main() -> None:
         model = build(name, args.preset, device)
         params = sum(p.numel() for p in model.parameters())
         passes = MNIST.height * MNIST.width
-        variants = [("window crop", model.network.reach)]
+        variants = [("window", model.network.reach)]
         if args.no_window:
-            variants.append(("no crop", (MNIST.height, MNIST.width)))
+            variants.append(("rows <= i", (MNIST.height, MNIST.width)))
         for label, reach in variants:
             model.network.reach = reach
             seconds = time_sampling(model, args.samples, args.repeats, device)
-            print(f"{name:15s} ({params:,} params, {label:11s}): {seconds:7.2f} s, "
+            print(f"{name:15s} ({params:,} params, {label:9s}): {seconds:7.2f} s, "
                   f"{args.samples / seconds:7.3f} images/s, {1000 * seconds / passes:6.2f} ms per pixel step")
 
 
