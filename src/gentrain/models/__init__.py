@@ -6,11 +6,17 @@ from __future__ import annotations
 from gentrain.data.base import DataInfo
 from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
 from gentrain.models.gan import DCGAN
+from gentrain.models.gated_pixelcnn import GatedPixelCNN
+from gentrain.models.pixelcnn import PixelCNN
+from gentrain.models.realnvp import RealNVP
 from gentrain.models.vae import VAE
 from gentrain.models.wgan import WGAN, paper_setting
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "vae": VAE,
+    "pixelcnn": PixelCNN,
+    "gated_pixelcnn": GatedPixelCNN,
+    "realnvp": RealNVP,
     "dcgan": DCGAN,
     "wgan": WGAN,
 }

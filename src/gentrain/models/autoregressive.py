@@ -1,0 +1,226 @@
+"""What the PixelCNN family shares: the output distribution, the exact-likelihood objective and the sampler.
+
+A subclass supplies only its network (an `AutoregressiveNetwork`): a causal body `features(x, class_bias)`
+whose output at pixel (i, j) depends on pixels before (i, j) only (and on earlier colours of (i, j) when
+the output is per sub-pixel), and a pointwise `head` that turns features into the parameters of a
+`distributions.PixelLikelihood`. The log-likelihood of an image is then the sum of exact discrete
+log-probabilities, and bits/dim = NLL / (D ln 2) with nothing left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from gentrain.config import OptimizerConfig
+from gentrain.data.base import DataInfo
+from gentrain.data.batches import Batch
+from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogisticMixture, PixelLikelihood
+from gentrain.errors import ConfigError
+from gentrain.models.likelihood import LikelihoodModel
+from gentrain.nn import pointwise_conv
+
+
+class PixelOutput(Enum):
+    auto = "auto"  # bernoulli for binarized data, softmax for 8-bit data
+    softmax = "softmax"  # a softmax over every pixel value per sub-pixel (the PixelCNN paper)
+    logistic_mixture = "logistic_mixture"  # PixelCNN++'s discretized logistic mixture per pixel
+    bernoulli = "bernoulli"  # one logit per sub-pixel; binarized data only
+
+
+@dataclass
+class AutoregressiveConfig:
+    """Options shared by PixelCNN and Gated PixelCNN (each model sets its own defaults)."""
+
+    hidden_channels: int = 64  # feature maps of every layer
+    num_layers: int = 7  # layers after the first (mask A) one: residual or gated blocks
+    first_kernel_size: int = 7  # the first layer's k x k receptive field (odd)
+    kernel_size: int = 3  # the later layers' k x k receptive field (odd)
+    head_channels: int = 256  # width of the two 1x1 output layers
+    output: PixelOutput = PixelOutput.auto
+    num_mixtures: int = 10  # logistic_mixture: components per pixel
+    conditional: bool = False  # a learned per-class bias in every layer
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+def make_pixel_likelihood(cfg: AutoregressiveConfig, data: DataInfo, model_name: str) -> PixelLikelihood:
+    choice = cfg.output
+    if choice is PixelOutput.auto:
+        choice = PixelOutput.bernoulli if data.levels == 2 else PixelOutput.softmax
+    if choice is PixelOutput.bernoulli:
+        if data.levels != 2:
+            raise ConfigError(
+                f"model.output=bernoulli needs binarized data, but this dataset has {data.levels} levels: set "
+                f"dataset.binarize=static or dynamic, or model.output=softmax|logistic_mixture ({model_name})"
+            )
+        return Bernoulli(data.levels, data.channels)
+    if choice is PixelOutput.softmax:
+        return Categorical(data.levels, data.channels)
+    if cfg.num_mixtures < 1:
+        raise ConfigError(f"model.num_mixtures must be at least 1, got {cfg.num_mixtures}")
+    return DiscretizedLogisticMixture(data.levels, data.channels, cfg.num_mixtures)
+
+
+class AutoregressiveNetwork(nn.Module):
+    """A causal feature network plus a pointwise output head; subclasses implement `features`.
+
+    `colours` is the number of colour groups the masks keep apart: the image's channels for an output per
+    sub-pixel (R, then G given R, then B given R and G), 1 for a mixture over whole pixels.
+    """
+
+    def __init__(self, feature_channels: int, head_channels: int, num_params: int, colours: int,
+                 num_classes: int, class_bias_channels: int, reach: tuple[int, int]):
+        super().__init__()
+        self.colours = colours
+        self.reach = reach  # (rows above, columns to either side) of the current pixel that its features see
+        self.head = nn.Sequential(
+            nn.ReLU(), pointwise_conv(feature_channels, head_channels, colours),
+            nn.ReLU(), pointwise_conv(head_channels, num_params, colours),
+        )
+        # One learned bias vector per class for every layer at once, looked up once per batch (or sample call).
+        self.class_embedding = nn.Embedding(num_classes, class_bias_channels) if num_classes else None
+
+    def embed_labels(self, labels: Optional[Tensor]) -> Optional[Tensor]:
+        """Class ids (B,) -> the concatenated per-layer biases (B, class_bias_channels); None if unconditional."""
+        if self.class_embedding is None:
+            return None
+        if labels is None:
+            raise ValueError("a conditional model needs labels")
+        return self.class_embedding(labels)
+
+    def features(self, x: Tensor, class_bias: Optional[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, class_bias: Optional[Tensor] = None) -> Tensor:
+        """Scaled images (B, C, H, W) in [-1, 1] -> likelihood parameters (B, P, H, W)."""
+        return self.head(self.features(x, class_bias))
+
+
+def layer_biases(class_bias: Optional[Tensor], sizes: list[int]) -> list[Optional[Tensor]]:
+    """Split the concatenated class biases into one (B, n, 1, 1) tensor per layer (None when unconditional)."""
+    if class_bias is None:
+        return [None] * len(sizes)
+    return [b[:, :, None, None] for b in class_bias.split(sizes, dim=1)]
+
+
+def check_odd_kernel(name: str, value: int) -> None:
+    if value < 3 or value % 2 == 0:
+        raise ConfigError(f"model.{name} must be an odd number >= 3, got {value}")
+
+
+class AutoregressiveModel(LikelihoodModel):
+    """p(x) = prod_i p(x_i | x_<i) over sub-pixels in raster order, trained by exact maximum likelihood."""
+
+    registry_name: str  # for error messages: "pixelcnn", "gated_pixelcnn"
+
+    def __init__(self, cfg: AutoregressiveConfig, data: DataInfo):
+        super().__init__(data)
+        if cfg.hidden_channels < 1 or cfg.num_layers < 1 or cfg.head_channels < 1:
+            raise ConfigError("model.hidden_channels, model.num_layers and model.head_channels must be positive")
+        check_odd_kernel("first_kernel_size", cfg.first_kernel_size)
+        check_odd_kernel("kernel_size", cfg.kernel_size)
+        self.cfg = cfg
+        self.conditional = cfg.conditional
+        num_classes = self.require_classes(data, self.registry_name) if cfg.conditional else 0
+        self.likelihood = make_pixel_likelihood(cfg, data, self.registry_name)
+        # Mixture parameters describe a whole pixel, so the network must not see any of it; a per-sub-pixel
+        # output lets colour c see colours < c of the current pixel.
+        self.per_subpixel = not isinstance(self.likelihood, DiscretizedLogisticMixture)
+        colours = data.channels if self.per_subpixel else 1
+        if cfg.hidden_channels < 2 * colours or cfg.head_channels < colours:
+            raise ConfigError(
+                f"model.hidden_channels must be at least {2 * colours} and model.head_channels at least {colours} "
+                f"to give each of the {colours} colour groups its own channels"
+            )
+        self.network = self.build_network(cfg, data, colours, num_classes)
+
+    def build_network(self, cfg: AutoregressiveConfig, data: DataInfo, colours: int, num_classes: int) -> AutoregressiveNetwork:
+        raise NotImplementedError
+
+    # --- objective (training and evaluation: models/likelihood.py) ----------------------------------------
+    def network_input(self, x: Tensor) -> Tensor:
+        """Integer images in [0, levels) -> floats in [-1, 1]."""
+        return x.float() * (2.0 / (self.data.levels - 1)) - 1.0
+
+    def nll_nats(self, batch: Batch) -> Tensor:
+        """-log p(x) of the discrete images in nats, (B,)."""
+        params = self.network(self.network_input(batch.x), self.network.embed_labels(batch.y))
+        return -self.likelihood.log_prob(params, batch.x)
+
+    def metric_notes(self) -> list[str]:
+        d = self.data
+        return [
+            f"bits_per_dim: exact negative log-likelihood of the discrete {d.levels}-level images under the "
+            f"autoregressive model ({type(self.likelihood).__name__} output), in nats / (D ln 2) with "
+            f"D = {d.channels}x{d.height}x{d.width} = {d.num_dims}; nll_nats: the same NLL in nats per image",
+        ]
+
+    # --- sampling -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, images: Tensor, first_row: int, labels: Optional[Tensor],
+                 generator: Optional[torch.Generator], desc: str = "sample") -> Tensor:
+        """Draw rows first_row.. of the integer images (B, C, H, W) pixel by pixel, in place; returns them.
+
+        Each step runs the causal body only on the window its receptive field covers (the rows up to i and
+        the columns within reach of j: inputs outside cannot change pixel (i, j)), and the head only on pixel
+        (i, j); drawn values are written straight into the already scaled network input.
+        """
+        height, width = self.data.height, self.data.width
+        inputs = self.network_input(images)
+        class_bias = self.network.embed_labels(labels)
+        # Per sub-pixel outputs draw colour c after colours < c are known; a mixture draws the whole pixel.
+        colour_steps = [slice(c, c + 1) for c in range(self.data.channels)] if self.per_subpixel else [slice(None)]
+        rows_above, columns_aside = self.network.reach
+        for i in tqdm(range(first_row, height), desc=desc, unit="row", leave=False, disable=None):
+            top = max(0, i - rows_above)
+            for j in range(width):
+                left, right = max(0, j - columns_aside), min(width, j + columns_aside + 1)
+                for colours in colour_steps:
+                    features = self.network.features(inputs[:, :, top : i + 1, left:right], class_bias)
+                    params = self.network.head(features[:, :, -1:, j - left : j - left + 1])
+                    drawn = self.likelihood.sample(params, generator)[:, colours, 0, 0]
+                    images[:, colours, i, j] = drawn
+                    inputs[:, colours, i, j] = self.network_input(drawn)
+        return images
+
+    def _labels_for(self, n: int, labels: Optional[Tensor]) -> Optional[Tensor]:
+        if not self.conditional:
+            return None
+        return self.default_labels(n) if labels is None else labels
+
+    @torch.no_grad()
+    def sample(self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+        d = self.data
+        images = torch.zeros(n, d.channels, d.height, d.width, dtype=torch.long, device=self.device)
+        images = self.generate(images, 0, self._labels_for(n, labels), generator)
+        return images.float() / (d.levels - 1)
+
+    @torch.no_grad()
+    def complete(self, batch: Batch, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Keep the top half of each image and sample the bottom half -> floats in [0, 1], (B, C, H, W)."""
+        images = batch.x.long().clone()
+        images = self.generate(images, self.data.height // 2, self._labels_for(len(batch), batch.y), generator,
+                               desc="complete")
+        return images.float() / (self.data.levels - 1)
+
+    @torch.no_grad()
+    def visualize(self, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
+        grids = super().visualize(batch, generator)
+        shown = min(8, len(batch))
+        x = batch.x[:shown]
+        y = None if batch.y is None else batch.y[:shown]
+        draws = 2  # completions per image
+        completions = self.complete(
+            Batch(x.repeat(draws, 1, 1, 1), None if y is None else y.repeat(draws)), generator
+        ).view(draws, shown, *x.shape[1:])
+        originals = x.float() / (self.data.levels - 1)
+        top_half = originals.clone()
+        top_half[:, :, self.data.height // 2 :] = 0.5
+        # Rows: originals, what the model is given, then its completions.
+        grids["completions"] = torch.cat([originals[None], top_half[None], completions])
+        return grids

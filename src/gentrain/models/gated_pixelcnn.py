@@ -1,0 +1,81 @@
+"""Gated PixelCNN (van den Oord et al., "Conditional Image Generation with PixelCNN Decoders", 2016).
+
+Two stacks per layer (the paper's Figure 2). The vertical stack sees every pixel in the rows above, in a
+window that widens with depth; the horizontal stack sees the pixels to the left in the current row and
+reads the vertical stack of the same position through a 1x1 link. Together they cover every earlier pixel,
+so there is no blind spot. Activations are gated, tanh(W_f * x + V_f y) * sigmoid(W_g * x + V_g y), with y
+the class when conditional; the horizontal stack is residual. Objective, outputs and sampling:
+models/autoregressive.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import Tensor, nn
+
+from gentrain.data.base import DataInfo
+from gentrain.models.autoregressive import AutoregressiveConfig, AutoregressiveModel, AutoregressiveNetwork, layer_biases
+from gentrain.nn import CausalConv2d, MaskType, VerticalConv, gated_activation, pointwise_conv, shift_down
+
+
+@dataclass
+class GatedPixelCNNConfig(AutoregressiveConfig):
+    """hidden_channels is each stack's width p (the gates compute 2p channels)."""
+
+
+class GatedLayer(nn.Module):
+    """One gated layer: the first (mask A, reading the image) or a later one (mask B, residual)."""
+
+    def __init__(self, in_channels: int, channels: int, kernel: int, colours: int, first: bool):
+        super().__init__()
+        self.first = first
+        self.vertical = VerticalConv(in_channels, 2 * channels, kernel)
+        # The vertical features lie strictly above the current row, so every colour group may read them.
+        self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.horizontal = CausalConv2d(
+            in_channels, 2 * channels, (1, kernel // 2 + 1), (0, kernel // 2),
+            MaskType.A if first else MaskType.B, colours, out_chunks=2,
+        )
+        self.horizontal_out = pointwise_conv(channels, channels, colours)
+
+    def forward(self, v: Tensor, h: Tensor, class_bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        v_pre = self.vertical(v)
+        h_pre = self.horizontal(h) + self.vertical_to_horizontal(v_pre)
+        if class_bias is not None:
+            v_bias, h_bias = class_bias.chunk(2, dim=1)
+            v_pre, h_pre = v_pre + v_bias, h_pre + h_bias
+        h_out = self.horizontal_out(gated_activation(h_pre))
+        return gated_activation(v_pre), h_out if self.first else h + h_out
+
+
+class GatedPixelCNNNetwork(AutoregressiveNetwork):
+    def __init__(self, cfg: GatedPixelCNNConfig, data: DataInfo, colours: int, num_params: int, num_classes: int):
+        p = cfg.hidden_channels
+        layers = 1 + cfg.num_layers
+        # Each layer widens the window by kernel_size // 2 up and to both sides; the first vertical layer
+        # reads one row more than that, its input being shifted down.
+        aside = cfg.first_kernel_size // 2 + cfg.num_layers * (cfg.kernel_size // 2)
+        super().__init__(p, cfg.head_channels, num_params, colours, num_classes, layers * 4 * p, (aside + 1, aside))
+        self.bias_sizes = [4 * p] * layers  # 2p for the vertical gates, 2p for the horizontal ones
+        self.layers = nn.ModuleList(
+            [GatedLayer(data.channels, p, cfg.first_kernel_size, colours, first=True)]
+            + [GatedLayer(p, p, cfg.kernel_size, colours, first=False) for _ in range(cfg.num_layers)]
+        )
+
+    def features(self, x: Tensor, class_bias: Optional[Tensor]) -> Tensor:
+        v, h = shift_down(x), x  # the vertical stack starts from the rows strictly above
+        for layer, bias in zip(self.layers, layer_biases(class_bias, self.bias_sizes)):
+            v, h = layer(v, h, bias)
+        return h
+
+
+class GatedPixelCNN(AutoregressiveModel):
+    """The Gated PixelCNN: vertical and horizontal stacks with gated activations, no blind spot."""
+
+    config_class = GatedPixelCNNConfig
+    registry_name = "gated_pixelcnn"
+
+    def build_network(self, cfg: GatedPixelCNNConfig, data: DataInfo, colours: int, num_classes: int) -> GatedPixelCNNNetwork:
+        return GatedPixelCNNNetwork(cfg, data, colours, self.likelihood.num_params, num_classes)

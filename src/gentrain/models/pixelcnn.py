@@ -1,0 +1,64 @@
+"""PixelCNN (van den Oord et al., "Pixel Recurrent Neural Networks", 2016).
+
+A k x k convolution with mask A, then residual blocks (ReLU, 1x1, ReLU, k x k mask B, ReLU, 1x1, as in the
+paper's Figure 5) and two 1x1 mask-B output layers. Stacked masked k x k kernels leave a blind spot above
+and to the right of each pixel, which `gated_pixelcnn` removes. Objective, outputs, conditioning and
+sampling: models/autoregressive.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import Tensor, nn
+
+from gentrain.data.base import DataInfo
+from gentrain.models.autoregressive import AutoregressiveConfig, AutoregressiveModel, AutoregressiveNetwork, layer_biases
+from gentrain.nn import MaskType, masked_square_conv, pointwise_conv
+
+
+@dataclass
+class PixelCNNConfig(AutoregressiveConfig):
+    """hidden_channels is the residual stream's width (2h in the paper); each block narrows it to half."""
+
+
+class MaskedResidualBlock(nn.Module):
+    def __init__(self, channels: int, kernel: int, colours: int):
+        super().__init__()
+        inner = channels // 2
+        self.reduce = nn.Sequential(nn.ReLU(), pointwise_conv(channels, inner, colours), nn.ReLU())
+        self.conv = masked_square_conv(inner, inner, kernel, MaskType.B, colours)
+        self.expand = nn.Sequential(nn.ReLU(), pointwise_conv(inner, channels, colours))
+
+    def forward(self, h: Tensor, class_bias: Optional[Tensor]) -> Tensor:
+        inner = self.conv(self.reduce(h))
+        if class_bias is not None:
+            inner = inner + class_bias
+        return h + self.expand(inner)
+
+
+class PixelCNNNetwork(AutoregressiveNetwork):
+    def __init__(self, cfg: PixelCNNConfig, data: DataInfo, colours: int, num_params: int, num_classes: int):
+        width, inner = cfg.hidden_channels, cfg.hidden_channels // 2
+        reach = cfg.first_kernel_size // 2 + cfg.num_layers * (cfg.kernel_size // 2)  # rows up, columns aside
+        super().__init__(width, cfg.head_channels, num_params, colours, num_classes, cfg.num_layers * inner, (reach, reach))
+        self.bias_sizes = [inner] * cfg.num_layers
+        self.input_conv = masked_square_conv(data.channels, width, cfg.first_kernel_size, MaskType.A, colours)
+        self.blocks = nn.ModuleList(MaskedResidualBlock(width, cfg.kernel_size, colours) for _ in range(cfg.num_layers))
+
+    def features(self, x: Tensor, class_bias: Optional[Tensor]) -> Tensor:
+        h = self.input_conv(x)
+        for block, bias in zip(self.blocks, layer_biases(class_bias, self.bias_sizes)):
+            h = block(h, bias)
+        return h
+
+
+class PixelCNN(AutoregressiveModel):
+    """The PixelCNN: masked convolutions with residual blocks, a softmax / logistic-mixture / Bernoulli output."""
+
+    config_class = PixelCNNConfig
+    registry_name = "pixelcnn"
+
+    def build_network(self, cfg: PixelCNNConfig, data: DataInfo, colours: int, num_classes: int) -> PixelCNNNetwork:
+        return PixelCNNNetwork(cfg, data, colours, self.likelihood.num_params, num_classes)

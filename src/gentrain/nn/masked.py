@@ -1,0 +1,131 @@
+"""Causal (masked) convolutions for autoregressive image models: PixelCNN and Gated PixelCNN.
+
+Pixels are generated in raster order and, inside a pixel, colour by colour (R -> G -> B). A convolution is
+causal when its output at pixel (i, j) reads only pixels before (i, j) and, of pixel (i, j) itself, only
+what the mask type allows:
+
+- the feature channels are split into colour groups (`colour_groups`); at the current pixel, an output
+  channel of colour c reads input channels of colours < c (mask A, the first layer) or <= c (mask B, every
+  later layer). With a single colour group mask A reads nothing of the current pixel and mask B all of it,
+  which is what a mixture output needs (the network must not see the current pixel at all);
+- rows below the current one are never read, so kernels are stored without them: a "7x7 masked
+  convolution" is a 4x7 kernel whose bottom row is cut at the current pixel. This is the same function as
+  the square masked kernel with a third less work, and it means that cropping the input below row i leaves
+  the outputs of rows <= i unchanged (the sampler relies on it).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MaskType(Enum):
+    A = "A"  # the current pixel's own colour (and later ones) hidden: the first layer
+    B = "B"  # the current pixel's own colour visible: layers after the first
+
+
+def colour_groups(num_channels: int, colours: int, chunks: int = 1) -> Tensor:
+    """The colour index of each of `num_channels` channels.
+
+    The channels form `chunks` equal consecutive chunks (e.g. the two halves of a gated activation), and each
+    chunk is split into `colours` near-equal contiguous blocks: with 768 = 3 x 256 softmax logits, channels
+    0-255 are R, 256-511 G, 512-767 B, the channel-major layout of `distributions.Categorical`.
+    """
+    if num_channels % chunks:
+        raise ValueError(f"{num_channels} channels do not split into {chunks} chunks")
+    per_chunk = num_channels // chunks
+    if per_chunk < colours:
+        raise ValueError(f"{per_chunk} channels per chunk cannot hold {colours} colour groups")
+    return (torch.arange(per_chunk) * colours // per_chunk).repeat(chunks)
+
+
+def causal_mask(
+    out_colours: Tensor, in_colours: Tensor, kernel_size: tuple[int, int], anchor: tuple[int, int], mask_type: MaskType
+) -> Tensor:
+    """A (out, in, kh, kw) 0/1 mask: taps before `anchor` (the current pixel) in raster order are open, taps
+    after it closed, and the anchor itself open from colour groups before the output's (A) or up to it (B)."""
+    kh, kw = kernel_size
+    ai, aj = anchor
+    rows = torch.arange(kh).view(kh, 1)
+    cols = torch.arange(kw).view(1, kw)
+    before = (rows < ai) | ((rows == ai) & (cols < aj))
+    mask = before.float().expand(len(out_colours), len(in_colours), kh, kw).clone()
+    out_c, in_c = out_colours.view(-1, 1), in_colours.view(1, -1)
+    allowed = in_c < out_c if mask_type is MaskType.A else in_c <= out_c
+    mask[:, :, ai, aj] = allowed.float()
+    return mask
+
+
+class CausalConv2d(nn.Conv2d):
+    """A masked convolution whose output keeps the input's height and width.
+
+    `anchor` is the kernel tap that lands on the output pixel; the input is zero-padded so that the kernel
+    reaches `anchor` rows above and `anchor[1]` columns to the left, and nothing below the current row.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        anchor: tuple[int, int],
+        mask_type: MaskType,
+        colours: int,
+        *,
+        out_chunks: int = 1,
+    ):
+        kh, kw = kernel_size
+        if anchor[0] != kh - 1:
+            raise ValueError("the current pixel must sit in the kernel's last row (rows below are never read)")
+        super().__init__(in_channels, out_channels, kernel_size)
+        self.padding_lrtb = (anchor[1], kw - 1 - anchor[1], anchor[0], 0)
+        mask = causal_mask(
+            colour_groups(out_channels, colours, out_chunks), colour_groups(in_channels, colours), kernel_size,
+            anchor, mask_type,
+        )
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(F.pad(x, self.padding_lrtb), self.weight * self.mask, self.bias)
+
+
+def masked_square_conv(in_channels: int, out_channels: int, kernel: int, mask_type: MaskType, colours: int) -> CausalConv2d:
+    """The PixelCNN's k x k masked convolution (k odd), stored as its (k//2 + 1) x k upper part."""
+    return CausalConv2d(in_channels, out_channels, (kernel // 2 + 1, kernel), (kernel // 2, kernel // 2), mask_type, colours)
+
+
+def pointwise_conv(in_channels: int, out_channels: int, colours: int, *, out_chunks: int = 1) -> CausalConv2d:
+    """A 1x1 convolution with mask B: colour c reads colours <= c of the same pixel."""
+    return CausalConv2d(in_channels, out_channels, (1, 1), (0, 0), MaskType.B, colours, out_chunks=out_chunks)
+
+
+class VerticalConv(nn.Module):
+    """The Gated PixelCNN's vertical stack convolution: the (k//2 + 1) x k rows ending at the current row.
+
+    Its input must already lie strictly above each output row (the image shifted down by one row, or the
+    previous vertical layer), so the result does too, and it can feed the horizontal stack of the same row
+    without any mask: that is what removes the plain PixelCNN's blind spot.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, (kernel // 2 + 1, kernel))
+        self.padding_lrtb = (kernel // 2, kernel // 2, kernel // 2, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, self.padding_lrtb))
+
+
+def shift_down(x: Tensor) -> Tensor:
+    """Move every row one down (zeros enter at the top): row i then holds row i - 1."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def gated_activation(x: Tensor) -> Tensor:
+    """tanh(first half) * sigmoid(second half) along the channels."""
+    value, gate = x.chunk(2, dim=1)
+    return torch.tanh(value) * torch.sigmoid(gate)

@@ -1,0 +1,223 @@
+"""Exact checks of the PixelCNN family: causality (exhaustively, by full Jacobians), the blind spot and its
+absence, the sampler's shortcuts, the uniform-output baseline, and config errors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from gentrain.data.base import DataInfo
+from gentrain.data.batches import Batch
+from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogisticMixture
+from gentrain.errors import ConfigError
+from gentrain.models.autoregressive import PixelOutput
+from gentrain.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
+from gentrain.models.pixelcnn import PixelCNN, PixelCNNConfig
+from gentrain.nn import colour_groups
+
+VARIANTS = {"pixelcnn": (PixelCNN, PixelCNNConfig), "gated_pixelcnn": (GatedPixelCNN, GatedPixelCNNConfig)}
+SIZE = 5  # exhaustive checks on 5x5 images
+
+
+def build(variant: str, data: DataInfo, **options):
+    model_class, config_class = VARIANTS[variant]
+    defaults = dict(hidden_channels=24, num_layers=4, first_kernel_size=3, kernel_size=3, head_channels=24)
+    torch.manual_seed(0)
+    return model_class(config_class(**(defaults | options)), data).double().eval()
+
+
+def dependence(model, images: int = 6) -> torch.Tensor:
+    """Boolean (P, H, W, C, H, W): does output parameter p at (i, j) depend on input (c, a, b)?
+
+    The full Jacobian of the network, summed in absolute value over several random images so that a
+    ReLU that happens to be off at one input does not hide a connection. Masked weights give exact zeros.
+    """
+    d = model.data
+    x = torch.rand(images, d.channels, d.height, d.width, dtype=torch.double) * 2 - 1
+    labels = torch.arange(images) % d.num_classes if model.conditional else None
+
+    def outputs(image, label):
+        class_bias = model.network.embed_labels(None if labels is None else label[None])
+        return model.network(image[None], class_bias)[0]
+
+    label_ids = torch.zeros(images, dtype=torch.long) if labels is None else labels
+    jacobians = torch.func.vmap(torch.func.jacfwd(outputs))(x, label_ids)  # (N, P, H, W, C, H, W)
+    return jacobians.abs().sum(0) > 0
+
+
+def allowed_inputs(model, num_params: int) -> torch.Tensor:
+    """What raster order with R -> G -> B inside a pixel allows: earlier pixels, and of the current pixel
+    the colours before the output's (only for outputs per sub-pixel; a mixture sees none of it)."""
+    d = model.data
+    h = w = SIZE
+    pos = torch.arange(h * w).view(h, w)
+    earlier = pos.view(h, w, 1, 1) > pos.view(1, 1, h, w)  # (i, j, a, b)
+    same = pos.view(h, w, 1, 1) == pos.view(1, 1, h, w)
+    out_colour = colour_groups(num_params, d.channels if model.per_subpixel else 1)
+    in_colour = torch.arange(d.channels)
+    colour_ok = in_colour.view(1, -1) < out_colour.view(-1, 1)  # (P, C)
+    if not model.per_subpixel:
+        colour_ok = torch.zeros_like(colour_ok)
+    return earlier[None, :, :, None] | (same[None, :, :, None] & colour_ok[:, None, None, :, None, None])
+
+
+CASES = [
+    # (variant, channels, levels, output): RGB with a per-sub-pixel softmax and with a whole-pixel mixture,
+    # grey binarized with a Bernoulli output. 4 levels stand in for 256: the masks do not depend on it.
+    ("pixelcnn", 3, 4, PixelOutput.softmax),
+    ("pixelcnn", 3, 256, PixelOutput.logistic_mixture),
+    ("pixelcnn", 1, 2, PixelOutput.bernoulli),
+    ("gated_pixelcnn", 3, 4, PixelOutput.softmax),
+    ("gated_pixelcnn", 3, 256, PixelOutput.logistic_mixture),
+    ("gated_pixelcnn", 1, 2, PixelOutput.bernoulli),
+]
+
+
+@pytest.mark.parametrize("variant,channels,levels,output,conditional", [
+    *[case + (False,) for case in CASES],
+    ("pixelcnn", 3, 4, PixelOutput.softmax, True),
+    ("gated_pixelcnn", 3, 4, PixelOutput.softmax, True),
+])
+def test_outputs_depend_only_on_earlier_subpixels(variant, channels, levels, output, conditional):
+    model = build(variant, DataInfo(channels, SIZE, SIZE, levels, 3), output=output, num_mixtures=2,
+                  conditional=conditional)
+    seen = dependence(model)
+    allowed = allowed_inputs(model, seen.shape[0])
+    leaks = seen & ~allowed
+    assert not leaks.any(), f"{int(leaks.sum())} output/input pairs break the ordering, e.g. {leaks.nonzero()[0].tolist()}"
+    # The receptive field of a colour at a pixel: what any of its parameters reads (one parameter alone may
+    # miss a connection where a ReLU of the head happens to be off for all the random images).
+    colour = colour_groups(seen.shape[0], channels if model.per_subpixel else 1)
+    field = torch.stack([seen[colour == c].any(0) for c in range(int(colour.max()) + 1)])
+    if model.per_subpixel and channels == 3:
+        # The colour order is used, not just allowed: at every pixel G reads R, B reads R and G of it.
+        pixels = [(i, j) for i in range(SIZE) for j in range(SIZE)]
+        same_pixel = torch.stack([field[:, i, j, :, i, j] for i, j in pixels], dim=1)  # (colour, pixel, C)
+        assert same_pixel[1].all(0).tolist() == [True, False, False]
+        assert same_pixel[2].all(0).tolist() == [True, True, False]
+    if variant == "gated_pixelcnn":
+        # No blind spot: every output position sees every sub-pixel the ordering allows.
+        first_of_colour = torch.stack([(colour == c).nonzero()[0, 0] for c in range(len(field))])
+        missing = allowed[first_of_colour] & ~field
+        assert not missing.any(), f"gated receptive field misses {missing.nonzero()[0].tolist()}"
+
+
+def test_plain_pixelcnn_has_a_blind_spot_above_right():
+    model = build("pixelcnn", DataInfo(1, SIZE, SIZE, 2, None), output=PixelOutput.bernoulli, num_layers=4)
+    seen = dependence(model)[0, :, :, 0]  # (i, j, a, b) of the single Bernoulli logit
+    missing = allowed_inputs(model, 1)[0, :, :, 0] & ~seen
+    assert missing.any(), "expected the stacked masked 3x3 kernels to miss some earlier pixels"
+    for i, j, a, b in missing.nonzero().tolist():
+        assert a < i and b > j, f"pixel ({a},{b}) missing from ({i},{j}) is not above-right of it"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reach_is_exact_and_the_samplers_crop_changes_nothing(variant):
+    model = build(variant, DataInfo(3, 14, 13, 4, None), output=PixelOutput.softmax, num_layers=2)
+    x = torch.rand(2, 3, 14, 13, dtype=torch.double) * 2 - 1
+    full = model.network.features(x, None)
+    rows_above, columns_aside = model.network.reach
+    for i in range(14):
+        for j in range(13):
+            top, left = max(0, i - rows_above), max(0, j - columns_aside)
+            window = x[:, :, top : i + 1, left : j + columns_aside + 1]
+            cropped = model.network.features(window, None)[:, :, -1, j - left]
+            torch.testing.assert_close(cropped, full[:, :, i, j], rtol=0, atol=1e-12)
+    # and the reach is no larger than needed: the centre of the bottom row sees that far up and aside
+    x_req = x.clone().requires_grad_(True)
+    model.network.features(x_req, None)[:, :, -1, 6].sum().backward()
+    seen = x_req.grad.abs().sum((0, 1)) > 0  # (H, W)
+    rows, cols = seen.nonzero().unbind(1)
+    assert 13 - int(rows.min()) == rows_above
+    assert 6 - int(cols.min()) == columns_aside == int(cols.max()) - 6
+
+
+@pytest.mark.parametrize("variant,channels,output", [
+    ("pixelcnn", 3, PixelOutput.softmax), ("gated_pixelcnn", 3, PixelOutput.softmax), ("gated_pixelcnn", 1, PixelOutput.softmax),
+])
+def test_sampler_draws_each_subpixel_from_its_conditional(variant, channels, output):
+    """With the draw replaced by the mode, sampling must produce x with x_k = argmax p(x_k | x_<k) for
+    every sub-pixel, which one teacher-forced pass over the result checks exactly."""
+    levels = 4
+    model = build(variant, DataInfo(channels, SIZE, SIZE, levels, None), output=output).float()
+
+    def mode(params, generator=None):
+        b, _, h, w = params.shape
+        return params.view(b, channels, levels, h, w).argmax(2)
+
+    model.likelihood.sample = mode
+    images = (model.sample(3) * (levels - 1)).round().long()
+    with torch.no_grad():
+        params = model.network(model.network_input(images))
+    torch.testing.assert_close(mode(params), images, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("likelihood", [Categorical(5, 3), DiscretizedLogisticMixture(5, 3, 3), Bernoulli(2, 3)])
+def test_output_distributions_sum_to_one_over_every_rgb_value(likelihood):
+    """The outputs the models use are exact distributions over whole pixels, colour coupling included."""
+    values = torch.tensor(list(itertools.product(range(likelihood.levels), repeat=3)))  # every (R, G, B)
+    x = values.view(-1, 3, 1, 1)
+    torch.manual_seed(0)
+    params = (2 * torch.randn(1, likelihood.num_params, 1, 1)).expand(len(values), -1, -1, -1)
+    total = torch.logsumexp(likelihood.log_prob(params, x), dim=0)
+    torch.testing.assert_close(total, torch.tensor(0.0), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_uniform_softmax_scores_exactly_8_bits_per_dim(variant):
+    model = build(variant, DataInfo(3, SIZE, SIZE, 256, None), output=PixelOutput.softmax).float()
+    last = model.network.head[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    x = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
+    out = model.evaluate(Batch(x, None))
+    torch.testing.assert_close(out["bits_per_dim"], torch.full((4,), 8.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out["nll_nats"], torch.full((4,), 3 * SIZE * SIZE * math.log(256)), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("output", [PixelOutput.softmax, PixelOutput.logistic_mixture])
+def test_samples_and_completions_are_images_of_the_data_levels(variant, output):
+    model = build(variant, DataInfo(3, 6, 4, 256, 10), output=output, conditional=True).float()
+    generator = torch.Generator().manual_seed(0)
+    samples = model.sample(3, labels=torch.tensor([0, 1, 2]), generator=generator)
+    assert samples.shape == (3, 3, 6, 4)
+    assert samples.min() >= 0 and samples.max() <= 1
+    torch.testing.assert_close(samples * 255, (samples * 255).round())
+
+    x = torch.randint(0, 256, (4, 3, 6, 4), dtype=torch.uint8)
+    batch = Batch(x, torch.tensor([3, 1, 4, 1]))
+    completed = model.complete(batch, generator)
+    assert completed.shape == (4, 3, 6, 4)
+    torch.testing.assert_close(completed[:, :, :3], x[:, :, :3].float() / 255)  # the given top half is kept
+    assert not torch.equal(completed[:, :, 3:], x[:, :, 3:].float() / 255)  # the bottom half is drawn
+
+    grids = model.visualize(batch, generator)
+    assert grids["samples"].shape == (4, 3, 6, 4)
+    assert grids["completions"].shape == (4, 4, 3, 6, 4)  # originals, given half, two completions
+
+
+def test_conditional_samples_depend_on_the_label():
+    model = build("gated_pixelcnn", DataInfo(1, 4, 4, 256, 10), output=PixelOutput.softmax, conditional=True).float()
+    with torch.no_grad():
+        model.network.class_embedding.weight.normal_(0, 5.0)  # make the classes differ strongly
+    draws = [model.sample(8, labels=torch.full((8,), k), generator=torch.Generator().manual_seed(1)) for k in (0, 1)]
+    assert not torch.equal(draws[0], draws[1])
+
+
+def test_config_errors_are_explained():
+    rgb = DataInfo(3, 32, 32, 256, 10)
+    with pytest.raises(ConfigError, match="bernoulli needs binarized data"):
+        PixelCNN(PixelCNNConfig(output=PixelOutput.bernoulli), rgb)
+    with pytest.raises(ConfigError, match="needs class labels"):
+        GatedPixelCNN(GatedPixelCNNConfig(conditional=True), DataInfo(3, 32, 32, 256, None))
+    with pytest.raises(ConfigError, match="kernel_size must be an odd number"):
+        PixelCNN(PixelCNNConfig(kernel_size=4), rgb)
+    with pytest.raises(ConfigError, match="colour groups"):
+        PixelCNN(PixelCNNConfig(hidden_channels=4), rgb)
+    # auto picks the exact discrete output for the data
+    assert type(PixelCNN(PixelCNNConfig(), DataInfo(1, 28, 28, 2, 10)).likelihood).__name__ == "Bernoulli"
+    assert type(PixelCNN(PixelCNNConfig(), rgb).likelihood).__name__ == "Categorical"
