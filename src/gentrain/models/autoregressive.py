@@ -194,7 +194,11 @@ class AutoregressiveModel(LikelihoodModel):
         return self.default_labels(n) if labels is None else labels
 
     @torch.no_grad()
-    def sample(self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(
+        self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        self.refuse_temperature(temperature)
         d = self.data
         images = torch.zeros(n, d.channels, d.height, d.width, dtype=torch.long, device=self.device)
         images = self.generate(images, 0, self._labels_for(n, labels), generator)

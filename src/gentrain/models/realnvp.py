@@ -128,6 +128,7 @@ class RealNVP(LikelihoodModel):
     """A multi-scale RealNVP (or NICE-style additive) flow on logit-transformed, dequantized images."""
 
     config_class = RealNVPConfig
+    mutable_settings = frozenset({"temperature"})  # only the sample grid uses it
 
     def __init__(self, cfg: RealNVPConfig, data: DataInfo):
         super().__init__(data)

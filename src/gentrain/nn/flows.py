@@ -62,7 +62,8 @@ class ActNorm(nn.Module):
 
     The first forward pass in training mode sets bias and log_scale so that that batch comes out with zero
     mean and unit variance per channel; after that they are ordinary parameters. Unlike batch norm it is the
-    same function in training and evaluation, so it inverts exactly in both.
+    same function in training and evaluation, so it inverts exactly in both. Under torchrun the statistics are
+    those of the global batch (averaged over the processes' equal shards), so every process starts the same.
     """
 
     def __init__(self, channels: int):
@@ -73,8 +74,13 @@ class ActNorm(nn.Module):
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True)
+        moments = torch.stack([x.mean(dim=(0, 2, 3), keepdim=True), x.pow(2).mean(dim=(0, 2, 3), keepdim=True)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(moments)
+            moments /= torch.distributed.get_world_size()
+        mean, mean_sq = moments
+        n = x.numel() // x.shape[1]  # values per channel, for the unbiased variance (as x.std)
+        std = ((mean_sq - mean.pow(2)).clamp_min(0) * n / max(n - 1, 1)).sqrt()
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + 1e-6))
         self.initialized.fill_(True)
