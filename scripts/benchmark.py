@@ -1,15 +1,16 @@
-"""Training throughput of gentrain against plain single-file PyTorch loops of the same networks.
+"""Training throughput of gentrain against a plain single-file PyTorch loop of the same network and batch size.
 
-For each case, `gentrain` and the matching plain loop (scripts/plain/) train one epoch on the same data in
-fresh processes, alternating, --repeats times. Reported (medians over the repeats):
+For each case (a model's config on MNIST or CIFAR-10 shapes), `gentrain` and scripts/plain/loop.py, which trains
+the same network with the same losses and optimizer settings through a standard DataLoader, each run
+--repeats times in fresh processes, alternating. Each run trains --windows windows of the case's number of
+steps; the first window is warm-up (first allocations, cuDNN autotuning, compilation) and is not timed.
 
-  epoch s      training time of the epoch: batching and optimizer steps, no evaluation or start-up
-  img/s        images of the epoch / epoch s
-  window img/s median of the timed windows (50 steps each) after the first, which is warm-up
-  peak MB      peak resident memory of the process (CPU) as the run reports it
-  wall s       the whole process: imports, data loading, the epoch and (gentrain) the final evaluation
+  img/s    images per second of training: the median over the timed windows of all repeats, where a window's
+           time is the wall-clock time between two logging points (everything the loop does counts)
+  peak MB  peak GPU memory allocated by tensors on CUDA, peak resident memory of the process on CPU
 
-    python scripts/benchmark.py --data ../shared/datasets --repeats 3 --output bench.md
+    python scripts/benchmark.py --data ../shared/datasets --output bench.md
+    python scripts/benchmark.py --data ../shared/datasets --cases pixelcnn_mnist --gentrain-args trainer.compile=true
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,93 +32,115 @@ HERE = Path(__file__).resolve().parent
 
 @dataclass
 class Case:
-    description: str
-    gentrain_args: list[str]
-    plain_script: str
+    overrides: list[str]  # gentrain config overrides naming the model and dataset (the plain loop gets the same)
     batch_size: int
+    window: int  # steps per timing window
 
 
+# Each model's default config on MNIST (28x28x1) and CIFAR-10 (32x32x3) shapes, plus the paper's MLP VAE.
 CASES = {
-    "vae_mlp_mnist": Case(
-        "MLP VAE 784-400-20, Bernoulli, dynamically binarized MNIST, Adam 1e-3, batch 128",
-        ["experiment=vae_binarized_mnist", "model.iw_samples=0"],
-        "vae_mlp.py",
-        128,
-    ),
+    "vae_mlp_binarized_mnist": Case(["experiment=vae_binarized_mnist"], 128, 50),
+    **{f"{model}_{data}": Case([*overrides, f"dataset={data}"], batch, window)
+       for model, overrides, batch, window in [
+           ("vae", ["model=vae"], 128, 20),
+           ("pixelcnn", ["model=pixelcnn"], 64, 5),
+           ("gated_pixelcnn", ["model=gated_pixelcnn"], 64, 4),
+           ("realnvp", ["model=realnvp"], 64, 4),
+           ("dcgan", ["model=dcgan"], 64, 10),
+           ("wgan_gp", ["model=wgan", "model.lipschitz=gp"], 64, 10),
+       ]
+       for data in ("mnist", "cifar10")},
 }
 
 
-def median_after_warmup(values: list[float]) -> float:
-    return statistics.median(values[1:] if len(values) > 1 else values)
+def run(args: list[str]) -> str:
+    """Run a training process; on failure, show its output and stop."""
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(args)}\nfailed with status {result.returncode}:\n{result.stdout}{result.stderr}")
+    return result.stdout
 
 
-def run_gentrain(case: Case, data: Path) -> dict:
+def window_throughputs(run_dir: Path, case: Case) -> tuple[list[float], float]:
+    """Images/s of each logging window, from the wall-clock times TensorBoard recorded at the logging steps
+    (so everything the loop does in between counts), and the last peak memory figure."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    times = [e.wall_time for e in events.Scalars("perf/images_per_sec")]
+    windows = [case.window * case.batch_size / (b - a) for a, b in zip(times, times[1:])]
+    return windows, events.Scalars("perf/max_memory_mb")[-1].value
+
+
+def run_gentrain(case: Case, data: Path, windows: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        args = [sys.executable, "-m", "gentrain", *case.gentrain_args, f"dataset.root={data}",
-                "trainer.max_epochs=1", "trainer.max_steps=null", "trainer.eval_every=0", "trainer.log_every=50",
-                f"trainer.batch_size={case.batch_size}", "trainer.progress_bar=false", f"hydra.run.dir={run_dir}"]
-        start = time.perf_counter()
-        subprocess.run(args, check=True, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        events = EventAccumulator(str(run_dir))
-        events.Reload()
-        windows = [e.value for e in events.Scalars("perf/images_per_sec")]
-        memory = events.Scalars("perf/max_memory_mb")[-1].value
-    images = metrics["step"] * case.batch_size
-    return {"epoch_s": metrics["train_seconds"], "img_s": images / metrics["train_seconds"],
-            "window_img_s": median_after_warmup(windows), "peak_mb": memory, "wall_s": wall}
+        # No evaluation until the end, and a small one then: only training is timed.
+        args = [sys.executable, "-m", "gentrain", *case.overrides, f"dataset.root={data}",
+                f"trainer.max_steps={case.window * windows}", "trainer.max_epochs=null", "trainer.eval_every=0",
+                f"trainer.log_every={case.window}", f"trainer.batch_size={case.batch_size}",
+                f"trainer.eval_limit={case.batch_size}", "trainer.num_samples=1", "metrics.fid.enabled=false",
+                "trainer.progress_bar=false", f"hydra.run.dir={run_dir}", *extra]
+        run(args)
+        # The first logging point closes the warm-up window, which is not timed.
+        timed, peak = window_throughputs(run_dir, case)
+    return {"windows": timed, "peak_mb": peak}
 
 
-def run_plain(case: Case, data: Path) -> dict:
-    args = [sys.executable, str(HERE / "plain" / case.plain_script), "--data", str(data),
-            "--batch-size", str(case.batch_size)]
-    start = time.perf_counter()
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
-    wall = time.perf_counter() - start
+def run_plain(case: Case, data: Path, windows: int, extra: list[str]) -> dict:
+    args = [sys.executable, str(HERE / "plain" / "loop.py"), "--data", str(data), "--batch-size", str(case.batch_size),
+            "--steps", str(case.window * windows), "--window", str(case.window), "--", *case.overrides]
+    out = run(args)
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    summary = lines[-1]
-    windows = [line["window_images_per_sec"] for line in lines[:-1]]
-    return {"epoch_s": summary["train_seconds"], "img_s": summary["images"] / summary["train_seconds"],
-            "window_img_s": median_after_warmup(windows), "peak_mb": summary["peak_rss_mb"], "wall_s": wall}
+    timed = [line["window_images_per_sec"] for line in lines[1:-1]]  # the first window is warm-up
+    return {"windows": timed, "peak_mb": lines[-1]["peak_memory_mb"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="dataset root (e.g. ../shared/datasets)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="fresh processes per trainer and case, alternating")
+    parser.add_argument("--windows", type=int, default=4, help="logging windows per run; the first is warm-up")
+    parser.add_argument("--gentrain-args", nargs="*", default=[], help="extra overrides for gentrain's runs only, "
+                        "e.g. trainer.precision=bf16 trainer.compile=true")
     parser.add_argument("--output", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
+    if args.windows < 2:
+        parser.error("--windows must be at least 2: the first window is warm-up")
 
     rows = []
     for name in args.cases:
         case = CASES[name]
-        results: dict[str, list[dict]] = {"gentrain": [], "plain loop": []}
+        results: dict[str, list[dict]] = {"gentrain": [], "plain": []}
         for repeat in range(args.repeats):
-            for label, runner in (("gentrain", run_gentrain), ("plain loop", run_plain)):
-                result = runner(case, args.data.absolute())
+            for label, runner in (("gentrain", run_gentrain), ("plain", run_plain)):
+                result = runner(case, args.data.absolute(), args.windows, args.gentrain_args)
                 results[label].append(result)
-                print(f"{name} {label} run {repeat + 1}: {json.dumps({k: round(v, 1) for k, v in result.items()})}",
+                print(f"{name} {label} run {repeat + 1}: windows {[round(w, 1) for w in result['windows']]} img/s, peak {result['peak_mb']:.0f} MB",
                       file=sys.stderr, flush=True)
-        medians = {label: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for label, runs in results.items()}
-        ratio = medians["gentrain"]["img_s"] / medians["plain loop"]["img_s"]
-        for label, m in medians.items():
-            rows.append(f"| {name} | {label} | {m['epoch_s']:.1f} | {m['img_s']:.0f} | {m['window_img_s']:.0f} | "
-                        f"{m['peak_mb']:.0f} | {m['wall_s']:.1f} | {ratio if label == 'gentrain' else 1.0:.2f} |")
+        ours, plain = ({"img_s": statistics.median(w for r in runs for w in r["windows"]),
+                        "peak_mb": statistics.median(r["peak_mb"] for r in runs)} for runs in results.values())
+        rows.append(f"| {name} | {case.batch_size} | {ours['img_s']:.1f} | {plain['img_s']:.1f} | "
+                    f"{ours['img_s'] / plain['img_s']:.2f} | {ours['peak_mb']:.0f} | {plain['peak_mb']:.0f} |")
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        device, memory = torch.cuda.get_device_name(), "peak GPU memory allocated by tensors"
+    else:
+        device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        memory = "peak resident memory of the process"
+    extra = f"; gentrain runs with {' '.join(args.gentrain_args)}" if args.gentrain_args else ""
     header = [
-        f"Device: {device}; torch {torch.__version__}; medians of {args.repeats} runs each, one epoch.",
+        f"Device: {device}; torch {torch.__version__}{extra}. img/s: median over the timed windows of "
+        f"{args.repeats} fresh processes per trainer ({args.windows - 1} windows each after a warm-up window); "
+        f"peak MB: {memory}.",
         "",
-        "| case | trainer | epoch s | img/s | window img/s | peak MB | wall s | speed vs plain |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | batch | gentrain img/s | plain loop img/s | gentrain / plain | gentrain peak MB | plain peak MB |",
+        "|---|---|---|---|---|---|---|",
     ]
-    descriptions = [f"- {name}: {CASES[name].description}" for name in args.cases]
-    table = "\n".join(header + rows + [""] + descriptions) + "\n"
+    footer = ["", "Configs: " + "; ".join(f"{name}: `{' '.join(CASES[name].overrides)}`" for name in args.cases)]
+    table = "\n".join(header + rows + footer) + "\n"
     print(table)
     if args.output:
         args.output.write_text(table)

@@ -107,7 +107,11 @@ def test_actnorm_initializes_from_the_first_training_batch_only():
     before = norm.log_scale.detach().clone()
     norm(x * 10)
     assert torch.equal(norm.log_scale.detach(), before)
-    assert bool(norm.state_dict()["initialized"])  # a resumed run does not initialise again
+    assert bool(norm.state_dict()["initialized"])
+    resumed = ActNorm(3)  # a resumed run does not initialise again
+    resumed.load_state_dict(norm.state_dict())
+    resumed(x * 10)
+    assert torch.equal(resumed.log_scale.detach(), before)
 
 
 def test_uniform_density_on_the_unit_cube_scores_exactly_8_bits_per_dim():

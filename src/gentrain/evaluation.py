@@ -61,9 +61,12 @@ class Evaluator:
 
     @contextlib.contextmanager
     def eval_mode(self, seed_offset: int = 1) -> Iterator[None]:
-        """Eval mode, EMA weights when kept, and a fixed seed that leaves the training RNG untouched."""
+        """Eval mode, EMA weights when kept, and a fixed seed that leaves the training RNG untouched.
+
+        Networks compiled for training (trainer.compile) run eagerly here: evaluation and samplers call them on
+        shapes of their own (PixelCNN samples on growing crops), which would only cost recompilations."""
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), torch.compiler.set_stance("force_eager"):
             torch.manual_seed(self.seed + seed_offset)
             ema = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
             self.model.eval()

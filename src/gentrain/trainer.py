@@ -73,6 +73,10 @@ class Trainer:
         self.identity = identity  # model name, model config and data shape: checked when a checkpoint loads
         self.hparams = hparams
         self.model = model.to(device)
+        if self._use_channels_last(cfg, model, device):
+            # NHWC weights let cuDNN use its tensor-core kernels; activations follow the weights' layout.
+            self.model.to(memory_format=torch.channels_last)
+            log.info("channels-last memory format")
         self.dataset = dataset.to(device)
         self.use_labels = bool(getattr(model, "conditional", False))
         self.parallel = distributed.context()
@@ -114,6 +118,12 @@ class Trainer:
             self.model, self.dataset, batch_size=cfg.eval_batch_size, precision=cfg.precision, device=device,
             seed=seed, limit=cfg.eval_limit, ema=self.ema, sample_metrics=sample_metrics, progress=cfg.progress_bar,
         )
+        # Compiled after the first step, which runs eagerly: data-dependent initialisation (RealNVP's ActNorm)
+        # happens there, so the compiled graphs have no branch on it.
+        self._to_compile = model.compile_targets() if cfg.compile else []
+        if self._to_compile:
+            log.info("torch.compile after the first step: %s (evaluation runs eagerly)",
+                     ", ".join(type(m).__name__ for m in self._to_compile))
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision is Precision.fp16)
 
         self.logger: Optional[RunLogger] = None  # opened by fit(), after a resume has set the step
@@ -132,6 +142,13 @@ class Trainer:
         # Fixed images and noise for the grids, so that steps compare.
         vis = next(eval_batches(self.dataset.val, cfg.num_samples, use_labels=self.use_labels))
         self.vis_batch = vis
+
+    @staticmethod
+    def _use_channels_last(cfg: TrainerConfig, model: nn.Module, device: torch.device) -> bool:
+        convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+        if cfg.channels_last is None:
+            return convolutional and device.type == "cuda"
+        return cfg.channels_last and convolutional
 
     @property
     def _bar_disabled(self) -> Optional[bool]:
@@ -222,6 +239,9 @@ class Trainer:
             self.ema.update()
         for scheduler in self.schedulers.values():
             scheduler.step()
+        for module in self._to_compile:
+            module.compile()  # in place (no `_orig_mod.` prefix), so checkpoints load with or without compile
+        self._to_compile = []
 
     def _grad_norm(self, params: list[torch.nn.Parameter]) -> Tensor:
         """Global L2 norm of the gradients (clipped to trainer.grad_clip when set); grads are untouched otherwise."""

@@ -103,6 +103,11 @@ class GenerativeModel(nn.Module):
         """Image grids for TensorBoard (name -> images in [0, 1]); `batch` is a fixed set of validation images."""
         return {"samples": self.sample(len(batch), labels=self.default_labels(len(batch)), generator=generator)}
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The networks trainer.compile=true compiles (each module's forward): by default every direct child
+        that has parameters. Evaluation and sampling run them eagerly (evaluation.py)."""
+        return [m for m in self.children() if any(True for _ in m.parameters())]
+
     def ema_module(self) -> nn.Module:
         """The part whose weights an EMA averages (a GAN averages only its generator)."""
         return self

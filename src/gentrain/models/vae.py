@@ -292,10 +292,12 @@ class VAE(GenerativeModel):
         shown = Batch(batch.x[:n], None if batch.y is None else batch.y[:n])
         originals = shown.x.float() / (self.data.levels - 1)
         recon = self.reconstruct(shown)
-        rows = n // 8
-        # Rows of 8 originals, each followed by a row of their reconstructions.
-        paired = torch.stack([originals[: rows * 8], recon[: rows * 8]]).view(2, rows, 8, *recon.shape[1:])
+        cols = min(8, n)
+        rows = n // cols
+        # Rows of (up to) 8 originals, each followed by a row of their reconstructions.
+        paired = torch.stack([originals[: rows * cols], recon[: rows * cols]]).view(2, rows, cols, *recon.shape[1:])
         grids = super().visualize(batch, generator)
-        grids["reconstructions"] = paired.transpose(0, 1).reshape(2 * rows, 8, *recon.shape[1:])
-        grids["interpolations"] = self.interpolate(Batch(batch.x[:16], None if batch.y is None else batch.y[:16]))
+        grids["reconstructions"] = paired.transpose(0, 1).reshape(2 * rows, cols, *recon.shape[1:])
+        if n >= 2:  # interpolations need a pair
+            grids["interpolations"] = self.interpolate(Batch(batch.x[:16], None if batch.y is None else batch.y[:16]))
         return grids

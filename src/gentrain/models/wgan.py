@@ -82,9 +82,10 @@ def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, labels: Opti
     """Mean over the batch of (||grad_x f(x_hat)||_2 - 1)^2 at x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1].
 
     Computed in fp32 with autocast off: the penalty differentiates the critic's gradient, and bf16 gradients
-    of that norm are too coarse. create_graph keeps it differentiable for the critic's own update.
+    of that norm are too coarse. create_graph keeps it differentiable for the critic's own update; compiled
+    graphs (trainer.compile) have no double backward, so this critic call runs eagerly.
     """
-    with torch.autocast(real.device.type, enabled=False):
+    with torch.autocast(real.device.type, enabled=False), torch.compiler.set_stance("force_eager"):
         real, fake = real.float(), fake.detach().float()
         eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
         mixed = (eps * real + (1.0 - eps) * fake).requires_grad_(True)

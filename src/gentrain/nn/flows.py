@@ -70,7 +70,14 @@ class ActNorm(nn.Module):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("initialized", torch.tensor(False))  # saved with checkpoints
+        # A Python mirror of the buffer, so that forward() reads no tensor: that would be a device sync per
+        # layer and step on a GPU, and a branch torch.compile cannot trace.
+        self.needs_init = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.needs_init = not bool(self.initialized)
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
@@ -84,9 +91,10 @@ class ActNorm(nn.Module):
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + 1e-6))
         self.initialized.fill_(True)
+        self.needs_init = False
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not self.initialized:
+        if self.training and self.needs_init:
             self._initialize(x)
         y = (x + self.bias) * torch.exp(self.log_scale)
         log_det = self.log_scale.sum() * (x.shape[2] * x.shape[3])
