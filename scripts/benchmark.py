@@ -7,10 +7,11 @@ steps; the first window is warm-up (first allocations, cuDNN autotuning, compila
 
   img/s    images per second of training: the median over the timed windows of all repeats, where a window's
            time is the wall-clock time between two logging points (everything the loop does counts)
+  compiled the same gentrain run with trainer.compile=true (--compile); compilation happens in the warm-up window
   peak MB  peak GPU memory allocated by tensors on CUDA, peak resident memory of the process on CPU
 
     python scripts/benchmark.py --data ../shared/datasets --output bench.md
-    python scripts/benchmark.py --data ../shared/datasets --cases pixelcnn_mnist --gentrain-args trainer.compile=true
+    python scripts/benchmark.py --data ../shared/datasets --compile   # also gentrain with trainer.compile=true
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ CASES = {
     **{f"{model}_{data}": Case([*overrides, f"dataset={data}"], batch, window)
        for model, overrides, batch, window in [
            ("vae", ["model=vae"], 128, 20),
-           ("pixelcnn", ["model=pixelcnn"], 64, 5),
-           ("gated_pixelcnn", ["model=gated_pixelcnn"], 64, 4),
-           ("realnvp", ["model=realnvp"], 64, 4),
+           ("pixelcnn", ["model=pixelcnn"], 64, 4),
+           ("gated_pixelcnn", ["model=gated_pixelcnn"], 64, 3),
+           ("realnvp", ["model=realnvp"], 64, 3),
            ("dcgan", ["model=dcgan"], 64, 10),
            ("wgan_gp", ["model=wgan", "model.lipschitz=gp"], 64, 10),
        ]
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=4, help="logging windows per run; the first is warm-up")
     parser.add_argument("--gentrain-args", nargs="*", default=[], help="extra overrides for gentrain's runs only, "
                         "e.g. trainer.precision=bf16 trainer.compile=true")
+    parser.add_argument("--compile", action="store_true", help="also time gentrain with trainer.compile=true")
     parser.add_argument("--output", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
     if args.windows < 2:
@@ -113,17 +115,25 @@ def main() -> None:
     rows = []
     for name in args.cases:
         case = CASES[name]
-        results: dict[str, list[dict]] = {"gentrain": [], "plain": []}
+        variants = [("gentrain", run_gentrain, args.gentrain_args), ("plain", run_plain, [])]
+        if args.compile:
+            variants.append(("compiled", run_gentrain, [*args.gentrain_args, "trainer.compile=true"]))
+        results: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
         for repeat in range(args.repeats):
-            for label, runner in (("gentrain", run_gentrain), ("plain", run_plain)):
-                result = runner(case, args.data.absolute(), args.windows, args.gentrain_args)
+            for label, runner, extra in variants:
+                result = runner(case, args.data.absolute(), args.windows, extra)
                 results[label].append(result)
                 print(f"{name} {label} run {repeat + 1}: windows {[round(w, 1) for w in result['windows']]} img/s, peak {result['peak_mb']:.0f} MB",
                       file=sys.stderr, flush=True)
-        ours, plain = ({"img_s": statistics.median(w for r in runs for w in r["windows"]),
-                        "peak_mb": statistics.median(r["peak_mb"] for r in runs)} for runs in results.values())
-        rows.append(f"| {name} | {case.batch_size} | {ours['img_s']:.1f} | {plain['img_s']:.1f} | "
-                    f"{ours['img_s'] / plain['img_s']:.2f} | {ours['peak_mb']:.0f} | {plain['peak_mb']:.0f} |")
+        m = {label: {"img_s": statistics.median(w for r in runs for w in r["windows"]),
+                     "peak_mb": statistics.median(r["peak_mb"] for r in runs)} for label, runs in results.items()}
+        ours, plain = m["gentrain"], m["plain"]
+        cells = [name, str(case.batch_size), f"{ours['img_s']:.1f}", f"{plain['img_s']:.1f}",
+                 f"{ours['img_s'] / plain['img_s']:.2f}"]
+        if args.compile:
+            cells += [f"{m['compiled']['img_s']:.1f}", f"{m['compiled']['img_s'] / plain['img_s']:.2f}"]
+        cells += [f"{ours['peak_mb']:.0f}", f"{plain['peak_mb']:.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
 
     if torch.cuda.is_available():
         device, memory = torch.cuda.get_device_name(), "peak GPU memory allocated by tensors"
@@ -136,8 +146,9 @@ def main() -> None:
         f"{args.repeats} fresh processes per trainer ({args.windows - 1} windows each after a warm-up window); "
         f"peak MB: {memory}.",
         "",
-        "| case | batch | gentrain img/s | plain loop img/s | gentrain / plain | gentrain peak MB | plain peak MB |",
-        "|---|---|---|---|---|---|---|",
+        "| case | batch | gentrain img/s | plain loop img/s | gentrain / plain | "
+        + ("compiled img/s | compiled / plain | " if args.compile else "") + "gentrain peak MB | plain peak MB |",
+        "|---" * (9 if args.compile else 7) + "|",
     ]
     footer = ["", "Configs: " + "; ".join(f"{name}: `{' '.join(CASES[name].overrides)}`" for name in args.cases)]
     table = "\n".join(header + rows + footer) + "\n"

@@ -13,16 +13,14 @@ end-of-run treatment (final=True) on every split. Results go to <run>/eval/metri
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from gentrain.data import load_dataset, resolve_root
-from gentrain.errors import ConfigError, GentrainError
+from gentrain.errors import ConfigError
 from gentrain.evaluation import Evaluator
 from gentrain.logger import RunLogger, write_json
-from gentrain.runs import load_run, parse_arguments
+from gentrain.runs import load_run, run_command
 from gentrain.runtime import pick_device
 
 log = logging.getLogger("gentrain.eval")
@@ -80,20 +78,11 @@ def evaluate_run(options: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    try:
-        options, overrides = parse_arguments(argv, OPTIONS, "gentrain-eval")
+    def action(options: dict[str, Any], overrides: list[str]) -> str:
         evaluate_run(options, overrides)
-    except GentrainError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"gentrain-eval: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"wrote {Path(options['run']) / 'eval' / 'metrics.json'}")
+        return f"wrote {Path(options['run']) / 'eval' / 'metrics.json'}"
+
+    run_command("gentrain-eval", __doc__, OPTIONS, action, argv)
 
 
 if __name__ == "__main__":

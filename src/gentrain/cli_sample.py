@@ -15,8 +15,6 @@ pixel values in [0, levels), labels, and the settings).
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,10 +23,10 @@ import torch
 
 from gentrain.data import load_dataset
 from gentrain.data.batches import Batch, eval_batches
-from gentrain.errors import ConfigError, GentrainError
+from gentrain.errors import ConfigError
 from gentrain.evaluation import Evaluator
 from gentrain.logger import image_grid
-from gentrain.runs import LoadedRun, load_run, parse_arguments
+from gentrain.runs import LoadedRun, load_run, run_command
 from gentrain.runtime import pick_device
 
 log = logging.getLogger("gentrain.sample")
@@ -104,20 +102,11 @@ def draw(options: dict[str, Any], overrides: list[str]) -> tuple[Path, Path]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    try:
-        options, overrides = parse_arguments(argv, OPTIONS, "gentrain-sample")
+    def action(options: dict[str, Any], overrides: list[str]) -> str:
         png, npz = draw(options, overrides)
-    except GentrainError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"gentrain-sample: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"wrote {png} and {npz}")
+        return f"wrote {png} and {npz}"
+
+    run_command("gentrain-sample", __doc__, OPTIONS, action, argv)
 
 
 if __name__ == "__main__":

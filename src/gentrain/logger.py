@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary

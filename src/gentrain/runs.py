@@ -6,9 +6,12 @@ to another machine works; only the data location may need `dataset.root=...` the
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -125,3 +128,22 @@ def parse_arguments(argv: list[str], options: dict[str, object], command: str) -
     if not values.get("run"):
         raise ConfigError(f"{command}: run=<run directory> is required")
     return values, overrides
+
+
+def run_command(command: str, doc: str, options: dict[str, object], action: Callable[[dict, list[str]], str],
+                argv: Optional[list[str]] = None) -> None:
+    """The body of gentrain-sample and gentrain-eval: parse `key=value` arguments, run `action(options,
+    overrides)` and print what it returns; a user error prints one line and exits with status 2 (the traceback
+    only with HYDRA_FULL_ERROR=1, as for `gentrain`)."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(doc)
+        return
+    try:
+        print(action(*parse_arguments(argv, options, command)))
+    except GentrainError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
