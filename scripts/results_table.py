@@ -4,6 +4,7 @@ Each row comes from the run's own files: the command from .hydra/overrides.yaml,
 the wall time from status.json. Nothing is typed by hand.
 
     python scripts/results_table.py outputs/2026-11-23/*/ --metrics test/neg_elbo_nats test/iw_nll_nats
+    python scripts/results_table.py <runs> --metrics eval/test/bits_per_dim   # numbers from gentrain-eval
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ def read_run(run_dir: Path) -> dict:
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
     status_file = run_dir / "status.json"
     wall = json.loads(status_file.read_text()).get("wall_seconds") if status_file.is_file() else None
-    return {"dir": run_dir, "metrics": metrics, "overrides": overrides, "wall_seconds": wall}
+    eval_file = run_dir / "eval" / "metrics.json"  # written by gentrain-eval
+    evaluation = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
+    return {"dir": run_dir, "metrics": metrics, "eval": evaluation, "overrides": overrides, "wall_seconds": wall}
 
 
 def metric(run: dict, name: str) -> str:
+    """`test/bits_per_dim` from metrics.json; `eval/test/bits_per_dim` from gentrain-eval's eval/metrics.json."""
+    source = run["metrics"]
+    if name.startswith("eval/"):
+        source, name = run["eval"], name[len("eval/"):]
     split, _, key = name.partition("/")
-    value = run["metrics"].get(split, {}).get(key)
+    value = source.get(split, {}).get(key)
     return "" if value is None else f"{value:.4g}" if abs(value) < 10 else f"{value:.2f}"
 
 
@@ -49,7 +56,7 @@ def table(runs: list[dict], metric_names: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
-    parser.add_argument("--metrics", nargs="+", help="columns such as test/bits_per_dim (default: the test main metric)")
+    parser.add_argument("--metrics", nargs="+", help="columns such as test/bits_per_dim or eval/test/bits_per_dim (default: the test main metric)")
     args = parser.parse_args()
     runs = [read_run(d) for d in args.runs]
     names = args.metrics or sorted({f"test/{r['metrics']['main_metric']}" for r in runs})

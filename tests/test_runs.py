@@ -144,3 +144,16 @@ def test_results_table_is_built_from_run_directories(vae_run: Path) -> None:
     assert "test/neg_elbo_nats" in header and "| vae | mnist | 6 (0) |" in row
     value = json.loads((vae_run / "metrics.json").read_text())["test"]["neg_elbo_nats"]
     assert f"{value:.2f}" in row and "`gentrain trainer=debug" in row
+
+
+def test_results_table_reads_gentrain_eval_numbers(vae_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(vae_run, copy)
+    (copy / "eval").mkdir(exist_ok=True)
+    (copy / "eval" / "metrics.json").write_text(json.dumps({"test": {"neg_elbo_nats": 123.456}}))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "results_table.py"), str(copy), "--metrics", "eval/test/neg_elbo_nats"],
+        capture_output=True, text=True, check=True,
+    )
+    header, _, row = result.stdout.strip().splitlines()
+    assert "eval/test/neg_elbo_nats" in header and "| 123.46 |" in row

@@ -75,7 +75,7 @@ class TrainerConfig:
     ema_decay: Optional[float] = None  # e.g. 0.999; samples and evaluation then use the EMA weights
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
     compile: bool = False  # torch.compile the model's networks for training (evaluation stays eager)
-    channels_last: Optional[bool] = None  # NHWC weights for convolutional models; null = on CPU and CUDA, not MPS
+    channels_last: Optional[bool] = None  # NHWC weights for convolutional models; null = on CUDA only
     deterministic: bool = False
 
     eval_every: int = 1000  # steps between evaluations (validation, samples, checkpoint); 0 = at the end only

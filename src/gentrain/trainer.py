@@ -74,8 +74,8 @@ class Trainer:
         self.hparams = hparams
         self.model = model.to(device)
         if self._use_channels_last(cfg, model, device):
-            # NHWC weights let cuDNN use its tensor-core kernels, and oneDNN's CPU convolutions run faster on
-            # them (scripts/benchmark.py); activations follow the weights' layout.
+            # NHWC weights let cuDNN use its tensor-core kernels; activations follow the weights' layout. On CPU
+            # it is a choice: measured 10-15% faster for the VAE and DCGAN, 6% slower for the Gated PixelCNN.
             self.model.to(memory_format=torch.channels_last)
             log.info("channels-last memory format")
         self.dataset = dataset.to(device)
@@ -148,7 +148,7 @@ class Trainer:
     def _use_channels_last(cfg: TrainerConfig, model: nn.Module, device: torch.device) -> bool:
         convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
         if cfg.channels_last is None:
-            return convolutional and device.type in ("cuda", "cpu")
+            return convolutional and device.type == "cuda"
         return cfg.channels_last and convolutional
 
     @property
