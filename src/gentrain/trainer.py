@@ -194,7 +194,8 @@ class Trainer:
         parts = [f"{self.cfg.max_steps} steps" if self.cfg.max_steps else None,
                  f"{self.cfg.max_epochs} epochs ({self.batches.steps_per_epoch} steps each)" if self.cfg.max_epochs else None,
                  f"{self.cfg.max_minutes} minutes" if self.cfg.max_minutes else None]
-        return " or ".join(p for p in parts if p) + ", whichever comes first"
+        parts = [p for p in parts if p]
+        return " or ".join(parts) + (", whichever comes first" if len(parts) > 1 else "")
 
     def _step_limit_reached(self) -> bool:
         cfg = self.cfg
