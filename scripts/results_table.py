@@ -22,11 +22,13 @@ def read_run(run_dir: Path) -> dict:
         raise SystemExit(f"{run_dir} has no metrics.json: not a finished gentrain run")
     metrics = json.loads(metrics_file.read_text())
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     status_file = run_dir / "status.json"
     wall = json.loads(status_file.read_text()).get("wall_seconds") if status_file.is_file() else None
     eval_file = run_dir / "eval" / "metrics.json"  # written by gentrain-eval
     evaluation = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
-    return {"dir": run_dir, "metrics": metrics, "eval": evaluation, "overrides": overrides, "wall_seconds": wall}
+    return {"dir": run_dir, "metrics": metrics, "eval": evaluation, "overrides": overrides, "config": config,
+            "wall_seconds": wall}
 
 
 def metric(run: dict, name: str) -> str:
@@ -39,15 +41,27 @@ def metric(run: dict, name: str) -> str:
     return "" if value is None else f"{value:.4g}" if abs(value) < 10 else f"{value:.2f}"
 
 
+def dataset_label(run: dict) -> str:
+    binarize = run["config"].get("dataset", {}).get("binarize")
+    name = run["metrics"]["dataset"]
+    return f"{name}, binarized ({binarize})" if binarize not in (None, "none") else name
+
+
+def training_length(run: dict) -> str:
+    """`steps x batch`, plus the completed epochs when there are any."""
+    m, batch = run["metrics"], run["config"]["trainer"]["batch_size"]
+    return f"{m['step']} x {batch}" + (f" ({m['epoch']} epochs)" if m["epoch"] else "")
+
+
 def table(runs: list[dict], metric_names: list[str]) -> str:
-    header = ["model", "dataset", "steps (epochs)", "train min", "wall min", *metric_names, "command"]
+    header = ["model", "dataset", "steps x batch", "train min", "wall min", *metric_names, "command"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         m = run["metrics"]
         hidden = ("hydra.", "dataset.root=", "trainer.progress_bar=")
         command = "gentrain " + " ".join(o for o in run["overrides"] if not o.startswith(hidden))
         wall = "" if run["wall_seconds"] is None else f"{run['wall_seconds'] / 60:.1f}"
-        row = [m["model"], m["dataset"], f"{m['step']} ({m['epoch']})", f"{m['train_seconds'] / 60:.1f}", wall,
+        row = [m["model"], dataset_label(run), training_length(run), f"{m['train_seconds'] / 60:.1f}", wall,
                *(metric(run, name) for name in metric_names), f"`{command}`"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

