@@ -42,9 +42,9 @@ def metric(run: dict, name: str) -> str:
 
 
 def dataset_label(run: dict) -> str:
-    binarize = run["config"].get("dataset", {}).get("binarize")
+    binarize = run["config"]["dataset"]["binarize"]
     name = run["metrics"]["dataset"]
-    return f"{name}, binarized ({binarize})" if binarize not in (None, "none") else name
+    return f"{name}, binarized ({binarize})" if binarize != "none" else name
 
 
 def training_length(run: dict) -> str:

@@ -191,10 +191,12 @@ class Trainer:
         return self._finish()
 
     def _limits_text(self) -> str:
-        parts = [f"{self.cfg.max_steps} steps" if self.cfg.max_steps else None,
-                 f"{self.cfg.max_epochs} epochs ({self.batches.steps_per_epoch} steps each)" if self.cfg.max_epochs else None,
-                 f"{self.cfg.max_minutes} minutes" if self.cfg.max_minutes else None]
-        parts = [p for p in parts if p]
+        cfg = self.cfg
+        parts = [text for limit, text in [
+            (cfg.max_steps, f"{cfg.max_steps} steps"),
+            (cfg.max_epochs, f"{cfg.max_epochs} epochs ({self.batches.steps_per_epoch} steps each)"),
+            (cfg.max_minutes, f"{cfg.max_minutes} minutes"),
+        ] if limit]
         return " or ".join(parts) + (", whichever comes first" if len(parts) > 1 else "")
 
     def _step_limit_reached(self) -> bool:
