@@ -17,10 +17,8 @@ import argparse
 import time
 
 import torch
-from hydra import compose, initialize_config_module
 
-from gentrain.cli import to_schema
-from gentrain.config import register_configs
+from gentrain.composition import compose, to_config
 from gentrain.data.base import DataInfo
 from gentrain.models import build_model
 
@@ -29,8 +27,7 @@ MNIST = DataInfo(channels=1, height=28, width=28, levels=256, num_classes=10)
 
 def build(model: str, preset: str, device: torch.device):
     overrides = [f"model={model}"] if preset == "default" else [f"experiment={model}_cpu"]
-    with initialize_config_module(config_module="gentrain.configs", version_base="1.3"):
-        cfg = to_schema(compose(config_name="config", overrides=overrides))
+    cfg = to_config(compose(overrides))
     return build_model(cfg.model, MNIST).to(device).eval()
 
 
@@ -59,7 +56,6 @@ def main() -> None:
     parser.add_argument("--no-window", action="store_true", help="also time the sampler without its window crop")
     args = parser.parse_args()
 
-    register_configs()
     device = torch.device(args.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}, {args.samples} samples of "
           f"{MNIST.channels}x{MNIST.height}x{MNIST.width}, best of {args.repeats}")

@@ -10,25 +10,30 @@ the wall time from status.json. Nothing is typed by hand.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
-import yaml
+from gentrain.errors import GentrainError
+from gentrain.rundir import read_json, read_yaml
 
 
 def read_run(run_dir: Path) -> dict:
+    """A finished run's files, read as data (gentrain.rundir: no YAML tags, nothing instantiated)."""
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
-        raise SystemExit(f"{run_dir} has no metrics.json: not a finished gentrain run")
-    metrics = json.loads(metrics_file.read_text())
-    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
-    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+        raise GentrainError(f"{run_dir} has no metrics.json: not a finished gentrain run")
+    metrics = read_json(metrics_file)
+    overrides = read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    config = read_yaml(run_dir / ".hydra" / "config.yaml")
     status_file = run_dir / "status.json"
-    wall = json.loads(status_file.read_text()).get("wall_seconds") if status_file.is_file() else None
+    wall = read_json(status_file).get("wall_seconds") if status_file.is_file() else None
     eval_file = run_dir / "eval" / "metrics.json"  # written by gentrain-eval
-    evaluation = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
-    return {"dir": run_dir, "metrics": metrics, "eval": evaluation, "overrides": overrides, "config": config,
-            "wall_seconds": wall}
+    evaluation = read_json(eval_file) if eval_file.is_file() else {}
+    shapes = [(metrics, dict), (overrides, list), (config, dict), (evaluation, dict)]
+    if not all(isinstance(value, kind) for value, kind in shapes):
+        raise GentrainError(f"{run_dir} holds files that are not what a gentrain run writes")
+    return {"dir": run_dir, "metrics": metrics, "eval": evaluation, "overrides": [str(o) for o in overrides],
+            "config": config, "wall_seconds": wall}
 
 
 def metric(run: dict, name: str) -> str:
@@ -72,9 +77,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
     parser.add_argument("--metrics", nargs="+", help="columns such as test/bits_per_dim or eval/test/bits_per_dim (default: the test main metric)")
     args = parser.parse_args()
-    runs = [read_run(d) for d in args.runs]
-    names = args.metrics or sorted({f"test/{r['metrics']['main_metric']}" for r in runs})
-    print(table(runs, names), end="")
+    try:
+        runs = [read_run(d) for d in args.runs]
+        names = args.metrics or sorted({f"test/{r['metrics']['main_metric']}" for r in runs})
+        print(table(runs, names), end="")
+    except (GentrainError, KeyError, TypeError, ValueError) as err:
+        print(f"results_table: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

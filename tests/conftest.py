@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from gentrain.config import register_configs
+from gentrain.composition import compose, register
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GENTRAIN_DATA") or REPO.parent / "shared" / "datasets").absolute()
 
-register_configs()
+register()
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +48,7 @@ ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1"}
 
 def compose_config(*overrides: str) -> DictConfig:
     """The config `gentrain <overrides>` would compose."""
-    with initialize_config_module(config_module="gentrain.configs", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(overrides)
 
 
 def train_in_process(run_dir: Path, *overrides: str) -> dict:

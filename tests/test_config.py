@@ -9,8 +9,8 @@ from conftest import compose_config, run_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from gentrain.cli import to_schema
-from gentrain.config import Config, TrainerConfig, check_trainer_config
+from gentrain.composition import to_config
+from gentrain.config import Config, TrainerConfig, problems
 from gentrain.data import DATASETS
 from gentrain.errors import ConfigError
 from gentrain.models import MODELS
@@ -20,9 +20,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_every_model_and_dataset_compose(model: str, dataset: str) -> None:
-    cfg = compose_config(f"model={model}", f"dataset={dataset}", "dataset.path=/images" if dataset == "folder" else "seed=0")
-    config = to_schema(cfg)
+def test_every_model_and_dataset_compose(model: str, dataset: str, tmp_path: Path) -> None:
+    cfg = compose_config(f"model={model}", f"dataset={dataset}", f"dataset.path={tmp_path}" if dataset == "folder" else "seed=0")
+    config = to_config(cfg)
     assert isinstance(config, Config)
     assert type(config.model) is MODELS[model].config_class
     assert type(config.dataset) is DATASETS[dataset].config_class
@@ -30,12 +30,12 @@ def test_every_model_and_dataset_compose(model: str, dataset: str) -> None:
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
 def test_every_experiment_composes(experiment: str) -> None:
-    config = to_schema(compose_config(f"experiment={experiment}"))
+    config = to_config(compose_config(f"experiment={experiment}"))
     assert isinstance(config.trainer, TrainerConfig)
 
 
 def test_yaml_values_reach_the_schema() -> None:
-    config = to_schema(compose_config("experiment=vae_binarized_mnist", "trainer.lr=3e-4"))
+    config = to_config(compose_config("experiment=vae_binarized_mnist", "trainer.lr=3e-4"))
     assert config.model.arch.value == "mlp" and config.model.latent_dim == 20
     assert config.dataset.binarize.value == "dynamic"
     assert config.trainer.lr == pytest.approx(3e-4)
@@ -58,27 +58,26 @@ def test_bad_keys_and_values_fail_at_compose_time(override: str, expected: str) 
 
 def test_missing_required_value_is_named() -> None:
     with pytest.raises(ConfigError, match="dataset.path is required"):
-        to_schema(compose_config("dataset=folder"))
+        to_config(compose_config("dataset=folder"))
 
 
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("batch_size", 0, "trainer.batch_size must be positive"),
-        ("max_steps", -5, "trainer.max_steps must be positive"),
-        ("ema_decay", 1.5, "trainer.ema_decay must be in (0, 1)"),
+        ("batch_size", 0, "trainer.batch_size must be between 1 and 65536, got 0"),
+        ("max_steps", -5, "trainer.max_steps must be >= 1 (or null), got -5"),
+        ("ema_decay", 1.5, "trainer.ema_decay must be > 0 and < 1 (or null), got 1.5"),
     ],
 )
 def test_values_that_compose_but_cannot_work(field: str, value, message: str) -> None:
     cfg = TrainerConfig()
     setattr(cfg, field, value)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        check_trainer_config(cfg)
+    assert [p for p in problems(cfg, "trainer.") if p.startswith(message)], list(problems(cfg, "trainer."))
 
 
 def test_a_run_that_never_stops_is_refused() -> None:
-    with pytest.raises(ConfigError, match="never stop"):
-        check_trainer_config(TrainerConfig(max_steps=None, max_epochs=None, max_minutes=None))
+    found = list(problems(TrainerConfig(max_steps=None, max_epochs=None, max_minutes=None), "trainer."))
+    assert found and "never stop" in found[0]
 
 
 # --- through the real command: one clear line, no traceback, non-zero exit ------------------------
@@ -94,7 +93,8 @@ def assert_clean_error(result, *expected: str) -> None:
 
 def test_cli_typo_names_the_key(tmp_path: Path) -> None:
     result = run_cli("trainer.max_stpes=1", cwd=tmp_path)
-    assert_clean_error(result, "max_stpes", "HYDRA_FULL_ERROR")
+    assert_clean_error(result, "max_stpes")
+    assert result.returncode == 2
 
 
 def test_cli_wrong_type_names_the_key(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_cli_unknown_option_lists_the_available_ones(tmp_path: Path) -> None:
 
 def test_cli_value_that_cannot_work_gives_one_line(tmp_path: Path) -> None:
     result = run_cli("trainer.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert_clean_error(result, "trainer.batch_size must be positive")
+    assert_clean_error(result, "trainer.batch_size must be between 1 and 65536")
     assert result.returncode == 2
 
 
@@ -127,7 +127,7 @@ def test_cli_unwritable_output_directory(tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"  # a path through a regular file cannot be created, even by root
     blocker.write_text("")
     result = run_cli("trainer=debug", f"hydra.run.dir={blocker / 'run'}", cwd=tmp_path)
-    assert_clean_error(result, "cannot write the run directory", str(blocker / "run"), "hydra.run.dir=")
+    assert_clean_error(result, f"cannot write {blocker / 'run'}", "hydra.run.dir=")
     assert result.returncode == 2
 
 

@@ -14,7 +14,7 @@ from synthetic import write_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from gentrain.cli import to_schema
+from gentrain.composition import to_config
 from gentrain.config import OptimizerName
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
@@ -29,7 +29,7 @@ MNIST_INFO = DataInfo(channels=1, height=28, width=28, levels=256, num_classes=1
 
 
 def make_model(*overrides: str, info: DataInfo = MNIST_INFO):
-    return build_model(to_schema(compose_config(*overrides)).model, info)
+    return build_model(to_config(compose_config(*overrides)).model, info)
 
 
 def random_batch(n: int = 16, info: DataInfo = MNIST_INFO) -> Batch:
@@ -148,7 +148,7 @@ def test_configs_that_cannot_work_are_rejected() -> None:
 
 def test_wgan_paper_settings_follow_the_lipschitz_constraint() -> None:
     def model_config(*overrides: str):
-        return to_schema(compose_config("model=wgan", *overrides)).model
+        return to_config(compose_config("model=wgan", *overrides)).model
 
     clip = model_config("model.lipschitz=clip")
     assert (clip.critic_steps, clip.optim_critic.name, clip.optim_critic.lr) == (5, OptimizerName.rmsprop, 5e-5)
@@ -160,7 +160,7 @@ def test_wgan_paper_settings_follow_the_lipschitz_constraint() -> None:
     # An explicit value wins over the paper's; the rest still follows the constraint.
     custom = model_config("model.lipschitz=clip", "model.optim_critic.lr=3e-4", "model.critic_steps=2")
     assert (custom.optim_critic.lr, custom.optim_critic.name, custom.critic_steps) == (3e-4, OptimizerName.rmsprop, 2)
-    dcgan = to_schema(compose_config("model=dcgan")).model
+    dcgan = to_config(compose_config("model=dcgan")).model
     assert (dcgan.optim_generator.lr, dcgan.optim_generator.betas, dcgan.critic_steps) == (2e-4, [0.5, 0.999], 1)
 
 

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import compose_config, run_cli, train_in_process
-from gentrain.cli import to_schema
+from gentrain.composition import to_config
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.models import build_model
@@ -88,7 +88,7 @@ def test_impossible_configs_fail_with_one_line(tmp_path, shared_data):
 def test_experiment_presets_build_and_run_a_loss_shape_check(preset, params):
     """The presets compose, build on CIFAR-10's shape, and a loss runs through them (on the meta device:
     shapes only, no memory or compute, so the paper-sized networks cost nothing here)."""
-    cfg = to_schema(compose_config(f"experiment={preset}"))
+    cfg = to_config(compose_config(f"experiment={preset}"))
     data = DataInfo(3, 32, 32, 256, 10)
     with torch.device("meta"):
         model = build_model(cfg.model, data).eval()  # eval: ActNorm's data-dependent init needs real values

@@ -95,11 +95,8 @@ def test_sample_and_eval_a_gan(gan_run: Path) -> None:
     assert np.load(gan_run / "samples" / "samples_step00000004_seed0.npz")["images"].shape == (9, 1, 28, 28)
     with pytest.raises(SystemExit):
         cli_sample.main([f"run={gan_run}", "temperature=0.5"])  # a GAN has no temperature
-    results = cli_eval.evaluate_run(
-        {"run": str(gan_run), "checkpoint": "last", "splits": ["test"], "batch_size": None, "device": "auto",
-         "seed": None},
-        [],
-    )
+    results, written = cli_eval.evaluate_run(cli_eval.EvalOptions(run=str(gan_run), checkpoint="last"), [])
+    assert written == gan_run / "eval" / "metrics.json"
     assert np.isfinite(results["sample_quality"]["fid"]) and "d_real" in results["test"]
 
 

@@ -157,8 +157,8 @@ def test_missing_inception_weights_offline_stop_the_run_before_training(tmp_path
                      cwd=tmp_path, env=offline, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     output = result.stdout + result.stderr
-    error_lines = [line for line in output.splitlines() if "[ERROR]" in line]
-    assert len(error_lines) == 1 and "Traceback" not in output
+    error_lines = result.stderr.strip().splitlines()
+    assert len(error_lines) == 1 and error_lines[0].startswith("gentrain: error: ") and "Traceback" not in output
     assert "metrics.fid.features=auto (inception for cifar10)" in error_lines[0]
     assert "metrics.fid.inception_weights" in error_lines[0] and "download failed" in error_lines[0]
     assert "training on" not in output and not (run_dir / "checkpoints").exists()

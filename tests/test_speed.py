@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, compose_config, train_in_process
 
 from gentrain.checkpoint import load_checkpoint
-from gentrain.cli import to_schema
+from gentrain.composition import to_config
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.models import build_model
@@ -58,7 +58,7 @@ TOLERANCE = 2e-2
 
 
 def _model_and_batch(*overrides: str):
-    config = to_schema(compose_config(*overrides, "dataset=mnist"))
+    config = to_config(compose_config(*overrides, "dataset=mnist"))
     torch.manual_seed(0)  # the same initial weights whatever ran before
     model = build_model(config.model, DataInfo(channels=1, height=28, width=28, levels=256, num_classes=10))
     images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
-from gentrain.config import register_configs
+from gentrain.composition import compose, to_config
 from gentrain.data.base import DataInfo
 from gentrain.data.cifar10 import CIFAR10Config
 from gentrain.data.mnist import MNISTConfig
@@ -87,10 +85,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="gentrain config overrides naming the model and dataset")
     args = parser.parse_args()
 
-    register_configs()
-    with initialize_config_module("gentrain.configs", version_base="1.3"):
-        cfg = compose("config", args.overrides)
-    config = OmegaConf.to_object(cfg)
+    config = to_config(compose(args.overrides))
     binarize = config.dataset.binarize.value
     if binarize == "static":
         raise SystemExit("the plain loop binarizes dynamically only")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,22 +9,17 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-EXIT_USER_ERROR = 2
 
+def _require_writable(directory: Path, key: str) -> None:
+    """One line and exit 2 when the directory cannot be written. Hydra turns an exception raised in a callback
+    into a warning and carries on, so this exits directly."""
+    from gentrain.errors import EXIT_USER_ERROR, RunDirectoryError
+    from gentrain.rundir import require_writable
 
-def _require_writable(directory: Path, override: str) -> None:
-    """Exit with one line, before anything runs, when the output directory cannot be written."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".gentrain-write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        print(
-            f"gentrain: error: cannot write the run directory {directory} ({err.strerror or err}); "
-            f"choose another with {override}=...",
-            file=sys.stderr,
-        )
+        require_writable(directory, f"choose another with {key}=...")
+    except RunDirectoryError as err:
+        print(f"gentrain: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
 
 

@@ -2,7 +2,9 @@
 
 Layout of `<run>/checkpoints/`: `step_00001000.pt` for the last `keep` evaluations and `best.pt` for the best
 validation score. A save goes to a temporary file that is flushed, synced and renamed over the target, so a
-crash or a full disk mid-save leaves the previous checkpoints intact.
+crash or a full disk mid-save leaves the previous checkpoints intact. A checkpoint is *good* when its weights
+and its validation metrics are finite: only a good one can be best, and the newest good one is never rotated
+away, so a run that goes bad keeps something to return to.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import random
 import re
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
-from gentrain.errors import CheckpointError
+from gentrain.errors import CheckpointError, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +39,11 @@ def atomic_save(state: dict[str, Any], path: Path) -> None:
         _fsync_dir(path.parent)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
+        cause = err if isinstance(err, OSError) else storage_error(err)  # torch wraps it in a RuntimeError
+        if cause is not None:
             raise CheckpointError(
-                f"could not write checkpoint {path} ({err.strerror or err}); earlier checkpoints are intact"
-            ) from err
+                f"could not write checkpoint {path} ({cause.strerror or cause}); earlier checkpoints are intact"
+            ) from None
         raise
 
 
@@ -53,18 +58,50 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary objects."""
+# What every checkpoint holds, and what continuing its training needs besides (name -> type).
+CONTENTS = {"identity": dict, "model": dict, "step": int}
+TRAINING_STATE = {"optimizers": dict, "schedulers": dict, "scaler": dict, "batches": dict, "best_metric": float,
+                  "nonfinite_skipped": int, "train_seconds": float, "wall_minutes": float, "rng": dict}
+IDENTITY = {"model": str, "model_config": dict, "data": dict}
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu", *, for_training: bool = False) -> dict[str, Any]:
+    """torch.load with weights_only=True (tensors and plain containers only, never arbitrary objects), checked to
+    hold what gentrain needs from it: a damaged or foreign file is refused in one line, before anything uses it."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint {path} does not exist") from err
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {first_line}") from err
+        raise CheckpointError(f"cannot load checkpoint {path}: {first_line}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a gentrain checkpoint")
+    wanted = {**CONTENTS, **(TRAINING_STATE if for_training else {})}
+    bad = [k for k, kind in wanted.items() if not isinstance(state.get(k), kind if kind is not float else (int, float))]
+    identity = state.get("identity") if isinstance(state.get("identity"), dict) else {}
+    bad += [f"identity.{k}" for k, kind in IDENTITY.items() if not isinstance(identity.get(k), kind)]
+    if bad:
+        raise CheckpointError(f"{path} is damaged or incomplete: {', '.join(bad)} missing or of the wrong type")
     return state
+
+
+def resume_source(source: Optional[str], run_dir: Path) -> Optional[Path]:
+    """The checkpoint trainer.resume names: 'auto' = this run's latest (None when it has none yet), a run directory
+    = its latest, or a checkpoint file."""
+    if not source:
+        return None
+    if source == "auto":
+        return CheckpointManager(run_dir / "checkpoints").latest()
+    path = Path(source).expanduser()
+    if path.is_dir():
+        latest = CheckpointManager(path / "checkpoints").latest()
+        if latest is None:
+            raise CheckpointError(f"trainer.resume={source}: that run has no checkpoint to continue from")
+        return latest
+    if not path.is_file():
+        raise CheckpointError(f"trainer.resume={source} is neither a run directory nor a checkpoint file")
+    return path
 
 
 def check_identity(
@@ -89,8 +126,33 @@ def check_identity(
         raise CheckpointError(f"{path} was trained with another model config ({details})")
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random generator a run draws from (Python, NumPy, torch CPU and CUDA), as tensors and plain values."""
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy(), *rng["numpy"][2:]))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every value of every floating-point tensor is finite (one device sync)."""
+    floating = [t for t in tensors if t.is_floating_point()]
+    return not floating or bool(torch.stack([torch.isfinite(t).all() for t in floating]).all())
+
+
 class CheckpointManager:
-    def __init__(self, directory: Path, keep: int):
+    def __init__(self, directory: Path, keep: int = 1):
         self.directory = directory
         self.keep = keep
 
@@ -104,14 +166,17 @@ class CheckpointManager:
         files = self.step_files()
         return files[-1] if files else None
 
-    def save(self, state: dict[str, Any], step: int, *, best: bool) -> Path:
+    def save(self, state: dict[str, Any], step: int, *, best: bool, keep_also: Optional[str] = None) -> Path:
+        """Write step_<step>.pt (and best.pt when `best`), then delete step files beyond the newest `keep`,
+        except `keep_also` (the newest good checkpoint's name)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"step_{step:08d}.pt"
         atomic_save({"format": FORMAT, **state}, path)
         if best:
             self._mark_best(path)
         for old in self.step_files()[: -self.keep]:
-            old.unlink(missing_ok=True)
+            if old.name != keep_also:
+                old.unlink(missing_ok=True)
         return path
 
     def _mark_best(self, path: Path) -> None:

@@ -5,40 +5,59 @@
     gentrain-eval run=... splits=[val,test] checkpoint=last dataset.root=/data
 
 Options: run (required), checkpoint (best | last | a file; default best), splits (default [test]),
-batch_size, device, seed; any other key=value overrides the run's saved config. The model gets the expensive
-end-of-run treatment (final=True) on every split. Results go to <run>/eval/metrics.json and to TensorBoard
-(<run>/eval/, tags eval/<split>/<metric>); the training checkpoints are only read.
+batch_size, device, seed, out; any other key=value overrides the run's saved config. The model gets the
+expensive end-of-run treatment (final=True) on every split. Results go to <run>/eval/metrics.json and to
+TensorBoard (<run>/eval/, tags eval/<split>/<metric>), or into `out=<folder>`; the training checkpoints are only
+read.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import MISSING
+
+from gentrain.config import DEVICE_PATTERN, SEED_MAX, SIZE_MAX, setting
 from gentrain.data import load_dataset, resolve_root
 from gentrain.errors import ConfigError
 from gentrain.evaluation import Evaluator
 from gentrain.logger import RunLogger, write_json
-from gentrain.runs import load_run, run_command
+from gentrain.runs import load_run, output_dir, run_command
 from gentrain.runtime import pick_device
 
 log = logging.getLogger("gentrain.eval")
 
-OPTIONS: dict[str, Any] = {"run": None, "checkpoint": "best", "splits": ["test"], "batch_size": None,
-                           "device": "auto", "seed": None}
+class Split(Enum):
+    train = "train"
+    val = "val"
+    test = "test"
 
 
-def evaluate_run(options: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+@dataclass
+class EvalOptions:
+    run: str = MISSING  # the run directory
+    checkpoint: str = "best"  # best | last | a checkpoint file
+    splits: list[Split] = setting(factory=lambda: [Split.test], min_items=1)
+    batch_size: Optional[int] = setting(None, min=1, max=SIZE_MAX)  # null: the run's trainer.eval_batch_size
+    device: str = setting("auto", pattern=DEVICE_PATTERN, meaning="auto, cpu, cuda, cuda:N or mps")
+    seed: Optional[int] = setting(None, min=0, max=SEED_MAX)  # null: the run's seed
+    out: Optional[str] = None  # the folder for metrics.json and events; null: <run>/eval
+
+
+def evaluate_run(options: EvalOptions, overrides: list[str]) -> tuple[dict[str, Any], Path]:
+    """-> the results and the metrics.json they were written to."""
     from gentrain.metrics.sample_quality import build_sample_quality
 
-    device = pick_device(str(options["device"]))
-    run = load_run(Path(options["run"]), checkpoint=str(options["checkpoint"]), overrides=overrides, device=device)
-    splits = options["splits"] if isinstance(options["splits"], list) else [options["splits"]]
-    if not splits or any(s not in ("train", "val", "test") for s in splits):
-        raise ConfigError(f"splits= takes a list of train, val, test; got {options['splits']}")
+    device = pick_device(options.device)
+    run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)
+    out_dir = output_dir(options.out, run.run_dir / "eval")
+    splits = [split.value for split in options.splits]
     config = run.config
-    seed = config.seed if options["seed"] is None else int(options["seed"])
+    seed = config.seed if options.seed is None else options.seed
     dataset = load_dataset(config.dataset).to(device)
     if dataset.info != run.data:
         raise ConfigError(f"the data now has shape {dataset.info}, but the run was trained on {run.data}")
@@ -47,7 +66,7 @@ def evaluate_run(options: dict[str, Any], overrides: list[str]) -> dict[str, Any
         device=device, seed=seed, progress=config.trainer.progress_bar,
     )
     evaluator = Evaluator(
-        run.model, dataset, batch_size=int(options["batch_size"] or config.trainer.eval_batch_size),
+        run.model, dataset, batch_size=options.batch_size or config.trainer.eval_batch_size,
         precision=config.trainer.precision, device=device, seed=seed, limit=config.trainer.eval_limit, ema=run.ema,
         sample_metrics=sample_metrics, progress=config.trainer.progress_bar,
     )
@@ -65,8 +84,6 @@ def evaluate_run(options: dict[str, Any], overrides: list[str]) -> dict[str, Any
     results["eval_images"] = {split: evaluator.images(split) for split in splits}
     results["notes"] = evaluator.notes()
 
-    out_dir = run.run_dir / "eval"
-    out_dir.mkdir(exist_ok=True)
     write_json(out_dir / "metrics.json", results)
     logger = RunLogger(out_dir)
     for split in splits:
@@ -74,15 +91,14 @@ def evaluate_run(options: dict[str, Any], overrides: list[str]) -> dict[str, Any
     logger.scalars({f"eval/samples/{k}": v for k, v in quality.items()}, run.step)
     logger.text("eval/notes", "\n\n".join(results["notes"] + [f"overrides: {' '.join(overrides) or 'none'}"]))
     logger.close()
-    return results
+    return results, out_dir / "metrics.json"
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    def action(options: dict[str, Any], overrides: list[str]) -> str:
-        evaluate_run(options, overrides)
-        return f"wrote {Path(options['run']) / 'eval' / 'metrics.json'}"
+    def action(options: EvalOptions, overrides: list[str]) -> str:
+        return f"wrote {evaluate_run(options, overrides)[1]}"
 
-    run_command("gentrain-eval", __doc__, OPTIONS, action, argv)
+    run_command("gentrain-eval", __doc__, EvalOptions, action, argv)
 
 
 if __name__ == "__main__":

@@ -6,35 +6,53 @@
     gentrain-sample run=... complete=top_half n=16             # PixelCNN family: finish test images
     gentrain-sample run=... interpolate=true n=16              # VAEs: paths between test images
     gentrain-sample run=... checkpoint=last dataset.root=/data # another checkpoint; data for completion
+    gentrain-sample run=... out=/tmp/samples                   # a run directory you cannot write to
 
 The model is rebuilt from the run's saved config and checkpoint (best.pt unless `checkpoint=` names another),
 with its EMA weights when the run kept them. Output: <run>/samples/<name>.png and <name>.npz (images as uint8
-pixel values in [0, levels), labels, and the settings).
+pixel values in [0, levels), labels, and the settings), or the same files in `out=<folder>`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 
+from gentrain.config import DEVICE_PATTERN, SEED_MAX, setting
 from gentrain.data import load_dataset
 from gentrain.data.batches import Batch, eval_batches
 from gentrain.errors import ConfigError
 from gentrain.evaluation import Evaluator
 from gentrain.logger import image_grid
-from gentrain.runs import LoadedRun, load_run, run_command
+from gentrain.runs import LoadedRun, load_run, output_dir, run_command
 from gentrain.runtime import pick_device
 
 log = logging.getLogger("gentrain.sample")
 
-OPTIONS: dict[str, Any] = {
-    "run": None, "n": 64, "checkpoint": "best", "seed": 0, "labels": None, "temperature": 1.0,
-    "complete": None, "interpolate": False, "device": "auto", "name": None,
-}
+class Completion(Enum):
+    top_half = "top_half"  # the top half of each test image is given
+
+
+@dataclass
+class SampleOptions:
+    run: str = MISSING  # the run directory
+    n: int = setting(64, min=1, max=4096)  # images to draw
+    checkpoint: str = "best"  # best | last | a checkpoint file
+    seed: int = setting(0, min=0, max=SEED_MAX)
+    labels: Any = None  # conditional models: one class id for every image, or a list of n
+    temperature: float = setting(1.0, above=0)  # flows and VAEs
+    complete: Optional[Completion] = None  # PixelCNN family
+    interpolate: bool = False  # VAEs
+    device: str = setting("auto", pattern=DEVICE_PATTERN, meaning="auto, cpu, cuda, cuda:N or mps")
+    name: Optional[str] = setting(None, pattern=r"[\w.-]+", meaning="a file name (letters, digits, '.', '-', '_')")
+    out: Optional[str] = None  # the folder for the files; null: <run>/samples
 
 
 def _labels(run: LoadedRun, value: Any, n: int, device: torch.device) -> Optional[torch.Tensor]:
@@ -42,10 +60,11 @@ def _labels(run: LoadedRun, value: Any, n: int, device: torch.device) -> Optiona
         return run.model.default_labels(n)
     if not getattr(run.model, "conditional", False):
         raise ConfigError("labels= is for conditional models; this run is not conditional")
-    labels = torch.as_tensor([value] * n if isinstance(value, int) else value, device=device).long()
-    if len(labels) != n or labels.min() < 0 or labels.max() >= run.data.num_classes:
-        raise ConfigError(f"labels= needs {n} class ids (or one) in [0, {run.data.num_classes})")
-    return labels
+    ids = [value] * n if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(ids, list) or len(ids) != n or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            or min(ids) < 0 or max(ids) >= run.data.num_classes):
+        raise ConfigError(f"labels= needs {n} class ids (or one) in [0, {run.data.num_classes}), got {value}")
+    return torch.as_tensor(ids, device=device).long()
 
 
 def _test_images(run: LoadedRun, n: int, device: torch.device) -> Batch:
@@ -55,39 +74,34 @@ def _test_images(run: LoadedRun, n: int, device: torch.device) -> Batch:
     return Batch(batch.x.to(device), None if batch.y is None else batch.y.to(device))
 
 
-def draw(options: dict[str, Any], overrides: list[str]) -> tuple[Path, Path]:
-    device = pick_device(str(options["device"]))
-    run = load_run(Path(options["run"]), checkpoint=str(options["checkpoint"]), overrides=overrides, device=device)
-    n, seed = int(options["n"]), int(options["seed"])
-    if n <= 0:
-        raise ConfigError(f"n must be positive, got {n}")
+def draw(options: SampleOptions, overrides: list[str]) -> tuple[Path, Path]:
+    device = pick_device(options.device)
+    run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)
+    out_dir = output_dir(options.out, run.run_dir / "samples")
+    n, seed = options.n, options.seed
     evaluator = Evaluator(run.model, None, batch_size=n, precision=run.config.trainer.precision, device=device,
                           seed=seed, ema=run.ema)
     generator = torch.Generator(device=device).manual_seed(seed)
     labels = None
     with evaluator.eval_mode():
-        if options["complete"] is not None:
-            if options["complete"] != "top_half":
-                raise ConfigError(f"complete= accepts top_half, got {options['complete']!r}")
+        if options.complete is not None:
             batch = _test_images(run, n, device)
             completed = run.model.complete(batch, generator)
             originals = batch.x.float() / (run.data.levels - 1)
             images = completed
             grid = torch.stack([originals, completed])  # the test images above, their completions below
             labels, kind = batch.y, "completion"
-        elif options["interpolate"]:
+        elif options.interpolate:
             batch = _test_images(run, 2 * max(1, n // 10), device)
             grid = run.model.interpolate(batch)
             images, kind = grid.flatten(0, 1), "interpolation"
         else:
-            labels = _labels(run, options["labels"], n, device)
-            images = run.model.sample(n, labels=labels, generator=generator, temperature=float(options["temperature"]))
+            labels = _labels(run, options.labels, n, device)
+            images = run.model.sample(n, labels=labels, generator=generator, temperature=options.temperature)
             grid, kind = images, "samples"
 
-    name = options["name"] or f"{kind}_step{run.step:08d}_seed{seed}" + (
-        f"_t{options['temperature']}" if float(options["temperature"]) != 1.0 else "")
-    out_dir = run.run_dir / "samples"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    name = options.name or f"{kind}_step{run.step:08d}_seed{seed}" + (
+        f"_t{options.temperature}" if options.temperature != 1.0 else "")
     png, npz = out_dir / f"{name}.png", out_dir / f"{name}.npz"
     from torchvision.utils import save_image
 
@@ -96,17 +110,17 @@ def draw(options: dict[str, Any], overrides: list[str]) -> tuple[Path, Path]:
     np.savez_compressed(
         npz, images=pixels, labels=np.array([]) if labels is None else labels.cpu().numpy(),
         levels=run.data.levels, checkpoint=str(run.checkpoint.relative_to(run.run_dir)), step=run.step, seed=seed,
-        temperature=float(options["temperature"]), kind=kind,
+        temperature=options.temperature, kind=kind,
     )
     return png, npz
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    def action(options: dict[str, Any], overrides: list[str]) -> str:
+    def action(options: SampleOptions, overrides: list[str]) -> str:
         png, npz = draw(options, overrides)
         return f"wrote {png} and {npz}"
 
-    run_command("gentrain-sample", __doc__, OPTIONS, action, argv)
+    run_command("gentrain-sample", __doc__, SampleOptions, action, argv)
 
 
 if __name__ == "__main__":

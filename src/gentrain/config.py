@@ -1,25 +1,137 @@
-"""Structured-config schemas for the top-level config, the trainer and the optimizers.
+"""Structured-config schemas for the top-level config, the trainer and the optimizers, and the rules for values.
 
-Every YAML file in configs/ is validated against a dataclass registered here in Hydra's ConfigStore, so a
-misspelt key (`trainer.max_stpes=1`) or a wrong type (`trainer.lr=abc`) fails when the config is composed,
-with Hydra's message naming the key. Models and datasets keep their schemas next to their code
-(`gentrain/models/vae.py: VAEConfig`, `gentrain/data/mnist.py: MNISTConfig`); `register_configs` stores
-them under `schema_model_<name>` / `schema_dataset_<name>`, names outside the config groups so that
-`gentrain --help` lists only the options a user can pick.
+Every YAML file in configs/ is validated against a dataclass registered in Hydra's ConfigStore, so a misspelt
+key (`trainer.max_stpes=1`) or a wrong type (`trainer.lr=abc`) fails when the config is composed, with Hydra's
+message naming the key. Models and datasets keep their schemas next to their code (`models/vae.py: VAEConfig`).
+
+Values that have the right type but cannot work (a batch size of 0, a negative seed, an image side of 10^6)
+are declared where the field is: `setting(128, min=1, max=65536)`. `problems(config)` walks a composed config
+and lists every value outside its declared range, plus the cross-field rules a schema states in its `problems`
+method, before any data is read. This module imports nothing from gentrain, so any module may import it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
-from gentrain.errors import ConfigError
+SEED_MAX = 2**31 - 1  # numpy seeds must stay below 2^32, and seeds get small offsets added
+SIZE_MAX = 65536  # widths, batch sizes: far beyond any real run, far below an allocation that kills the machine
 
 
+@dataclass(frozen=True)
+class Rule:
+    """The values a field accepts: bounds (inclusive `min`/`max`, exclusive `above`/`below`), oddness, a kind
+    of path that must exist. Lists are checked element by element, `min_items` counts them."""
+
+    min: Optional[float] = None
+    max: Optional[float] = None
+    above: Optional[float] = None
+    below: Optional[float] = None
+    odd: bool = False
+    min_items: Optional[int] = None
+    items: Optional[int] = None  # exact length of a list
+    choices: Optional[tuple] = None  # the only values allowed
+    path: Optional[str] = None  # "dir" or "file": must exist
+    pattern: Optional[str] = None  # a regular expression the whole string must match
+    meaning: str = ""  # the accepted values in words, used instead of the bounds in the message
+
+    def describe(self) -> str:
+        if self.meaning:
+            return self.meaning
+        if self.path:
+            return f"an existing {'folder' if self.path == 'dir' else 'file'}"
+        if self.choices:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.min is not None and self.max is not None:
+            bounds = [f"between {_number(self.min)} and {_number(self.max)}"]
+        else:
+            bounds = [f"{sign} {_number(value)}" for sign, value in
+                      ((">=", self.min), ("<=", self.max)) if value is not None]
+        bounds += [f"{sign} {_number(value)}" for sign, value in ((">", self.above), ("<", self.below)) if value is not None]
+        text = " and ".join(bounds)
+        return f"an odd number {text}".strip() if self.odd else text
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, (list, tuple)):
+            if self.items is not None and len(value) != self.items:
+                return False
+            if self.min_items is not None and len(value) < self.min_items:
+                return False
+            return all(self.accepts(v) for v in value)
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool):
+            return True
+        if isinstance(value, (int, float)):
+            if isinstance(value, float) and not math.isfinite(value):
+                return False
+            return not (
+                (self.min is not None and value < self.min) or (self.max is not None and value > self.max)
+                or (self.above is not None and value <= self.above) or (self.below is not None and value >= self.below)
+                or (self.odd and int(value) % 2 == 0)
+            )
+        if isinstance(value, str):
+            if self.pattern is not None and not re.fullmatch(self.pattern, value):
+                return False
+            if self.path == "dir":
+                return Path(value).expanduser().is_dir()
+            if self.path == "file":
+                return Path(value).expanduser().is_file()
+        return True
+
+
+def _number(value: Optional[float]) -> str:
+    if value is None:
+        return ""
+    if float(value).is_integer() and abs(value) >= 2**20:
+        return f"2^{int(math.log2(value))}" if math.log2(value).is_integer() else f"{int(value):,}"
+    return f"{int(value)}" if float(value).is_integer() else f"{value:g}"
+
+
+def setting(default: Any = MISSING, *, factory: Any = None, **rule: Any) -> Any:
+    """A dataclass field with a Rule: `batch_size: int = setting(128, min=1, max=SIZE_MAX)`."""
+    metadata = {"rule": Rule(**rule)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def problems(config: Any, prefix: str = "") -> Iterator[str]:
+    """Every value of a composed config (dataclass instances) that breaks its field's Rule or its schema's
+    cross-field rules, as one-line messages naming the full key: 'trainer.batch_size must be >= 1, got 0'."""
+    if not dataclasses.is_dataclass(config):
+        return
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from problems(value, f"{key}.")
+            continue
+        rule = f.metadata.get("rule")
+        if rule is None or value is None or value is MISSING or rule.accepts(value):
+            continue
+        shown = list(value) if isinstance(value, (list, tuple)) else value
+        nullable = " (or null)" if "Optional" in str(f.type) else ""
+        what = "a list of values each " if isinstance(value, (list, tuple)) and rule.items is None else ""
+        if rule.items is not None:
+            what = f"a list of {rule.items} values each "
+        elif rule.min_items:
+            what = f"a list of at least {rule.min_items} value(s) each "
+        yield f"{key} must be {what}{rule.describe()}{nullable}, got {shown}"
+    cross_field = getattr(config, "problems", None)
+    if callable(cross_field):  # a schema's rules between fields, given the key prefix to name them with
+        yield from cross_field(prefix)
+
+
+# --- the schemas shared by every run --------------------------------------------------------------------------
 class OptimizerName(Enum):
     adam = "adam"
     adamw = "adamw"
@@ -32,11 +144,11 @@ class OptimizerConfig:
     """One optimizer. Models carry their papers' defaults; `trainer.lr` overrides every optimizer's lr."""
 
     name: OptimizerName = OptimizerName.adam
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam / adamw
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    momentum: float = 0.0  # rmsprop / sgd
+    lr: float = setting(1e-3, above=0)
+    betas: list[float] = setting(factory=lambda: [0.9, 0.999], items=2, min=0, below=1)  # adam / adamw
+    weight_decay: float = setting(0.0, min=0)
+    eps: float = setting(1e-8, above=0)
+    momentum: float = setting(0.0, min=0, below=1)  # rmsprop / sgd
 
 
 class Precision(Enum):
@@ -56,39 +168,46 @@ class NonFinitePolicy(Enum):
     halt = "halt"  # stop at the first non-finite loss or gradient
 
 
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
 @dataclass
 class TrainerConfig:
     """The one training loop's settings (gentrain/trainer.py)."""
 
     # When to stop: whichever limit is reached first (null = no limit; at least one must be set).
-    max_steps: Optional[int] = None
-    max_epochs: Optional[int] = 10
-    max_minutes: Optional[float] = None
+    max_steps: Optional[int] = setting(None, min=1)
+    max_epochs: Optional[int] = setting(10, min=1)
+    max_minutes: Optional[float] = setting(None, above=0)
 
-    batch_size: int = 128
-    eval_batch_size: int = 500
-    lr: Optional[float] = None  # overrides the lr of every optimizer the model declares
+    batch_size: int = setting(128, min=1, max=SIZE_MAX)
+    eval_batch_size: int = setting(500, min=1, max=SIZE_MAX)
+    lr: Optional[float] = setting(None, above=0)  # overrides the lr of every optimizer the model declares
     lr_schedule: LRSchedule = LRSchedule.constant
-    warmup_steps: int = 0
-    grad_clip: Optional[float] = None  # max global L2 norm per optimizer; null = no clipping
+    warmup_steps: int = setting(0, min=0)
+    grad_clip: Optional[float] = setting(None, above=0)  # max global L2 norm per optimizer; null = no clipping
     precision: Precision = Precision.fp32
-    ema_decay: Optional[float] = None  # e.g. 0.999; samples and evaluation then use the EMA weights
-    device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps
+    ema_decay: Optional[float] = setting(None, above=0, below=1)  # e.g. 0.999: evaluation and samples use the EMA
+    device: str = setting("auto", pattern=DEVICE_PATTERN, meaning="auto, cpu, cuda, cuda:N or mps")
     compile: bool = False  # torch.compile the model's networks for training (evaluation stays eager)
     channels_last: Optional[bool] = None  # NHWC weights for convolutional models; null = on CUDA only
     deterministic: bool = False
 
-    eval_every: int = 1000  # steps between evaluations (validation, samples, checkpoint); 0 = at the end only
-    eval_limit: Optional[int] = None  # cap on images per evaluation, val and test (for quick checks); null = all
-    log_every: int = 50  # steps between train/ scalars
-    num_samples: int = 64  # images in each sample grid
-    keep_checkpoints: int = 3  # step checkpoints kept besides best.pt
+    eval_every: int = setting(1000, min=0)  # steps between evaluations (validation, samples, checkpoint); 0 = at the end
+    eval_limit: Optional[int] = setting(None, min=1)  # cap on images per evaluation, val and test; null = all
+    log_every: int = setting(50, min=1)  # steps between train/ scalars
+    num_samples: int = setting(64, min=1, max=1024)  # images in each sample grid
+    keep_checkpoints: int = setting(3, min=1)  # step checkpoints kept besides best.pt
     progress_bar: bool = True  # tqdm bars on a terminal (never in redirected output)
     nonfinite: NonFinitePolicy = NonFinitePolicy.skip
-    max_nonfinite: int = 10
+    max_nonfinite: int = setting(10, min=1)
     # Continue a run: a run directory or checkpoint file (the run's own config and directory are reused),
     # or 'auto' = the latest checkpoint of this run directory if there is one, else start fresh.
     resume: Optional[str] = None
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            yield (f"the run would never stop: set {prefix}max_steps, {prefix}max_epochs or {prefix}max_minutes")
 
 
 class FeatureExtractorName(Enum):
@@ -104,11 +223,11 @@ class FeatureClassifierConfig:
     Its settings are part of the cache key: FIDs are comparable only between runs that share them.
     """
 
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 2e-3
-    width: int = 16  # channels of the first convolution block; doubled in each of the next two
-    features: int = 128  # size of the penultimate layer, the features FID and KID compare
+    steps: int = setting(2000, min=1, max=10**7)
+    batch_size: int = setting(128, min=1, max=SIZE_MAX)
+    lr: float = setting(2e-3, above=0)
+    width: int = setting(16, min=1, max=1024)  # channels of the first convolution block; doubled in the next two
+    features: int = setting(128, min=1, max=SIZE_MAX)  # size of the penultimate layer, the features FID compares
 
 
 @dataclass
@@ -117,12 +236,17 @@ class FIDConfig:
 
     enabled: Optional[bool] = None  # null: on for models whose main metric is fid (the GANs), off for the others
     features: FeatureExtractorName = FeatureExtractorName.auto
-    num_samples: int = 10000  # generated images per evaluation (the papers use 50000)
-    batch_size: int = 250  # images per sampling and feature-extraction call
-    inception_weights: Optional[str] = None  # local file of the FID Inception weights; null: the torch hub cache
-    kid_subsets: int = 100  # KID: mean and std over this many random subsets ...
-    kid_subset_size: int = 1000  # ... of this many images from each side
+    num_samples: int = setting(10000, min=2, max=10**6)  # generated images per evaluation (the papers use 50000)
+    batch_size: int = setting(250, min=1, max=SIZE_MAX)  # images per sampling and feature-extraction call
+    inception_weights: Optional[str] = setting(None, path="file")  # the FID Inception weights; null: torch hub cache
+    kid_subsets: int = setting(100, min=1, max=10**5)  # KID: mean and std over this many random subsets ...
+    kid_subset_size: int = setting(1000, min=2, max=10**6)  # ... of this many images from each side
     classifier: FeatureClassifierConfig = field(default_factory=FeatureClassifierConfig)
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        if self.kid_subset_size > self.num_samples:
+            yield (f"{prefix}kid_subset_size={self.kid_subset_size} is larger than {prefix}num_samples="
+                   f"{self.num_samples}, the images KID compares per side: lower it or raise num_samples")
 
 
 @dataclass
@@ -140,50 +264,4 @@ class Config:
     dataset: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    seed: int = 0
-
-
-def check_trainer_config(cfg: TrainerConfig) -> None:
-    """Reject values that compose but cannot work, with a one-line reason."""
-    positive = {
-        "batch_size": cfg.batch_size,
-        "eval_batch_size": cfg.eval_batch_size,
-        "log_every": cfg.log_every,
-        "num_samples": cfg.num_samples,
-        "max_nonfinite": cfg.max_nonfinite,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"trainer.{key} must be positive, got {value}")
-    for key in ("max_steps", "max_epochs", "max_minutes"):
-        value = getattr(cfg, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"trainer.{key} must be positive or null, got {value}")
-    if cfg.max_steps is None and cfg.max_epochs is None and cfg.max_minutes is None:
-        raise ConfigError("the run would never stop: set trainer.max_steps, trainer.max_epochs or trainer.max_minutes")
-    if cfg.eval_every < 0 or cfg.warmup_steps < 0 or cfg.keep_checkpoints < 1:
-        raise ConfigError("trainer.eval_every and trainer.warmup_steps must be >= 0 and trainer.keep_checkpoints >= 1")
-    if cfg.lr is not None and cfg.lr <= 0:
-        raise ConfigError(f"trainer.lr must be positive, got {cfg.lr}")
-    if cfg.grad_clip is not None and cfg.grad_clip <= 0:
-        raise ConfigError(f"trainer.grad_clip must be positive or null, got {cfg.grad_clip}")
-    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
-        raise ConfigError(f"trainer.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
-    if cfg.eval_limit is not None and cfg.eval_limit <= 0:
-        raise ConfigError(f"trainer.eval_limit must be positive or null, got {cfg.eval_limit}")
-
-
-def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent)."""
-    from gentrain.data import DATASETS
-    from gentrain.distributed import launch_time
-    from gentrain.models import CONFIG_RESOLVERS, MODELS
-
-    for name, resolver in {"launch_time": launch_time, **CONFIG_RESOLVERS}.items():
-        OmegaConf.register_new_resolver(name, resolver, replace=True)
-    store = ConfigStore.instance()
-    store.store(name="gentrain_config", node=Config)
-    for name, model_class in MODELS.items():
-        store.store(name=f"schema_model_{name}", node=model_class.config_class)
-    for name, dataset in DATASETS.items():
-        store.store(name=f"schema_dataset_{name}", node=dataset.config_class)
+    seed: int = setting(0, min=0, max=SEED_MAX)

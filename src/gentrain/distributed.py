@@ -15,7 +15,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -95,12 +95,3 @@ def any_process(flags: list[bool], device: torch.device) -> list[bool]:
 def barrier() -> None:
     if _context.enabled:
         dist.barrier()
-
-
-def broadcast(value: Any) -> Any:
-    """Rank 0's `value` on every process."""
-    if not _context.enabled:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from gentrain.errors import RunDirectoryError
+from gentrain.rundir import read_json, read_yaml
+
 
 def read_job(job_dir: Path) -> dict[str, Any]:
-    """One job of a sweep, from the status.json its run wrote (a job killed before finishing has none)."""
-    status_file = job_dir / "status.json"
-    if status_file.is_file():
-        return {"dir": job_dir, **json.loads(status_file.read_text())}
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = [line[2:].strip() for line in overrides_file.read_text().splitlines() if line.startswith("- ")] \
-        if overrides_file.is_file() else []
-    return {"dir": job_dir, "status": "did not finish", "overrides": overrides, "job": None}
+    """One job of a sweep, from the status.json its run wrote (a job killed before finishing has none). Files are
+    read as data (rundir.py); a damaged one makes the job's row say so instead of failing the summary."""
+    status_file, overrides_file = job_dir / "status.json", job_dir / ".hydra" / "overrides.yaml"
+    try:
+        if status_file.is_file():
+            status = read_json(status_file)
+            if isinstance(status, dict) and isinstance(status.get("status"), str):
+                job = {"overrides": [], "job": None, **status, "dir": job_dir}
+                finished_fields = isinstance(job.get("main_metric"), str) and isinstance(job.get("val"), dict) \
+                    and isinstance(job.get("test"), dict)
+                if job["status"] != "finished" or finished_fields:
+                    return job
+            raise RunDirectoryError(f"{status_file} is not a gentrain status")
+        overrides = read_yaml(overrides_file) if overrides_file.is_file() else []
+        overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+        return {"dir": job_dir, "status": "did not finish", "overrides": overrides, "job": None}
+    except RunDirectoryError as err:
+        return {"dir": job_dir, "status": "unreadable", "overrides": [], "job": None, "error": str(err)}
 
 
 def sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:

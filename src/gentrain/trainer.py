@@ -6,13 +6,11 @@ import contextlib
 import logging
 import math
 import os
-import random
 import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -20,13 +18,13 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gentrain import distributed
-from gentrain.checkpoint import CheckpointManager, check_identity, load_checkpoint
+from gentrain.checkpoint import CheckpointManager, all_finite, restore_rng, rng_state
 from gentrain.config import NonFinitePolicy, Precision, TrainerConfig
 from gentrain.data.base import ImageDataset
 from gentrain.data.batches import Batch, TrainBatches, eval_batches
 from gentrain.ema import EMA
 from gentrain.evaluation import Evaluator, SampleMetrics
-from gentrain.errors import CheckpointError, ConfigError, NonFiniteError, Preempted
+from gentrain.errors import CheckpointError, ConfigError, Interrupted, NonFiniteError, Preempted
 from gentrain.logger import RunLogger, write_json
 from gentrain.models.base import GenerativeModel, LossOutput, Update
 from gentrain.optim import build_optimizer, build_scheduler
@@ -133,6 +131,7 @@ class Trainer:
         self.minutes_before_resume = 0.0  # wall time already spent, counted towards trainer.max_minutes
         self._started = time.monotonic()
         self.best_metric = math.inf
+        self.last_good: Optional[str] = None  # the newest checkpoint with finite weights and validation metrics
         self.nonfinite_in_a_row = 0
         self.nonfinite_skipped = 0
         self.train_seconds = 0.0
@@ -158,8 +157,6 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        if cfg.resume:
-            self.resume(cfg.resume)
         # Events a killed run wrote after its last checkpoint are hidden, so curves have no duplicate points.
         self.logger = RunLogger(self.run_dir, purge_step=self.step + 1 if self.step else None,
                                 enabled=self.parallel.is_main)
@@ -289,14 +286,11 @@ class Trainer:
             f"non-finite {what} at step {self.step} in the '{update.optimizer}' update"
             f" (non-finite terms: {', '.join(bad_terms) or 'none of the logged terms'})"
         )
-        latest = self.checkpoints.latest()
         if self.cfg.nonfinite is NonFinitePolicy.halt or self.nonfinite_in_a_row >= self.cfg.max_nonfinite:
             reason = "trainer.nonfinite=halt" if self.cfg.nonfinite is NonFinitePolicy.halt else (
                 f"{self.nonfinite_in_a_row} in a row (trainer.max_nonfinite={self.cfg.max_nonfinite})")
-            raise NonFiniteError(
-                f"{message}; stopping: {reason}. Last good checkpoint: {latest or 'none yet'}. Try a lower "
-                f"trainer.lr, trainer.grad_clip, or trainer.precision=fp32"
-            )
+            raise NonFiniteError(f"{message}; stopping: {reason}. {self._last_good_text()}. Try a lower "
+                                 f"trainer.lr, trainer.grad_clip, or trainer.precision=fp32")
         log.warning("%s; step skipped (%d in a row, %d in total)", message, self.nonfinite_in_a_row, self.nonfinite_skipped)
         return False
 
@@ -324,23 +318,38 @@ class Trainer:
         self.logger.scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
         if self.parallel.is_main:
             self.logger.images(self.evaluator.grids(self.vis_batch), self.step)
+        good = all(math.isfinite(v) for v in metrics.values()) and all_finite(list(self.model.state_dict().values()))
         main = metrics.get(self.model.main_metric, math.inf)
-        is_best = main < self.best_metric
+        is_best = good and main < self.best_metric
         if is_best:
             self.best_metric = main
+        name = f"step_{self.step:08d}.pt"
+        if good:
+            self.last_good = name
         if self.parallel.is_main:
-            self.checkpoints.save(self.state_dict(), self.step, best=is_best)
+            self.checkpoints.save(self.state_dict(), self.step, best=is_best, keep_also=self.last_good)
         self._last_validation = (self.step, metrics)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        log.info("step %d: val %s%s", self.step, shown, " (best so far)" if is_best else "")
+        verdict = " (best so far)" if is_best else "" if good else f" (not finite: {self._last_good_text()})"
+        log.info("step %d: val %s%s", self.step, shown, verdict)
         self.logger.flush()
         return metrics
+
+    def _last_good_text(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint of this run has finite weights and validation metrics"
+        return f"last good checkpoint: {self.checkpoints.directory / self.last_good}"
 
     def _finish(self) -> dict[str, Any]:
         # A time limit can expire right after an evaluation: that step is validated and saved already.
         already = self._last_validation is not None and self._last_validation[0] == self.step
         val = self._last_validation[1] if already else self._evaluate_and_save()
-        test = self.evaluator.split("test", final=True)
+        try:
+            test = self.evaluator.split("test", final=True)
+        except Interrupted as stop:
+            raise Interrupted(f"{stop} during the final test evaluation; the checkpoints are intact (the last is "
+                              f"step {self.step}): compute the test metrics with gentrain-eval run={self.run_dir}",
+                              stop.exit_code - 128) from None
         self.logger.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
         log.info("test: %s", ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
         notes = self.evaluator.notes()
@@ -370,7 +379,6 @@ class Trainer:
     # --- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly (see checkpoint.py for how it is written)."""
-        numpy_state = np.random.get_state()
         return {
             "identity": self.identity,
             "model": self.model.state_dict(),
@@ -381,22 +389,24 @@ class Trainer:
             "step": self.step,
             "batches": self.batches.state_dict(),
             "best_metric": self.best_metric,
+            "last_good": self.last_good,
             "nonfinite_skipped": self.nonfinite_skipped,
             "train_seconds": self.train_seconds,
             "wall_minutes": self._wall_minutes(),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": rng_state(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
+        """Continue from a checkpoint's state (load_checkpoint(for_training=True) checked its contents)."""
         try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise CheckpointError(f"the checkpoint's weights do not fit this model: {str(err).splitlines()[0]}") from err
+            self._load_state(state)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(f"{source} does not fit this run: {first_line}") from None
+        log.info("resumed from %s at step %d (epoch %d)", source, self.step, self.batches.epoch)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scheduler in self.schedulers.items():
@@ -409,35 +419,13 @@ class Trainer:
         self.step = int(state["step"])
         self.batches.load_state_dict(state["batches"])
         self.best_metric = float(state["best_metric"])
+        self.last_good = state.get("last_good")  # checkpoints from before gentrain tracked it: unknown
         self.nonfinite_skipped = int(state["nonfinite_skipped"])
         self.train_seconds = float(state["train_seconds"])
         self.minutes_before_resume = float(state["wall_minutes"])
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy(), *rng["numpy"][2:]))
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng(state["rng"])
         if self.parallel.rank > 0:  # the checkpoint holds rank 0's generators; the others continue independently
             torch.manual_seed(self.seed + 1_000_003 * self.parallel.rank + self.step)
-
-    def resume(self, source: str) -> None:
-        """Continue from `source`: 'auto' (this run's latest checkpoint, if any), a run directory or a checkpoint."""
-        if source == "auto":
-            path = self.checkpoints.latest()
-            if path is None:
-                log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", self.checkpoints.directory)
-                return
-        else:
-            path = Path(source)
-            if path.is_dir():
-                path = CheckpointManager(path / "checkpoints", self.cfg.keep_checkpoints).latest()
-                if path is None:
-                    raise CheckpointError(f"trainer.resume={source}: that run has no checkpoint to continue from")
-        state = load_checkpoint(path, map_location=self.device)
-        check_identity(state, self.identity, path, type(self.model).mutable_settings)
-        self.load_state_dict(state)
-        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.batches.epoch)
 
     # --- preemption -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -460,11 +448,12 @@ class Trainer:
                 signal.signal(sig, old)
 
     def _save_and_exit(self) -> None:
-        path = self.checkpoints.save(self.state_dict(), self.step, best=False) if self.parallel.is_main else None
+        path = self.checkpoints.save(self.state_dict(), self.step, best=False, keep_also=self.last_good) \
+            if self.parallel.is_main else None
         distributed.barrier()  # no process exits (and gets its siblings killed) before the checkpoint is written
         self.logger.close()
         raise Preempted(
             f"stopped by {signal.Signals(self._stop_signal).name} at step {self.step}; checkpoint {path}. "
             f"Continue with: gentrain trainer.resume={self.run_dir}",
-            exit_code=128 + self._stop_signal,
+            self._stop_signal,
         )

@@ -7,15 +7,19 @@ import os
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from gentrain.config import SEED_MAX, setting
 from gentrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+IMAGE_SIZE = {"min": 8, "max": 1024}  # the rule of every dataset.image_size: a side in pixels
+URL_PATTERN = r"(https?|ftp|file)://\S+"
 
 
 class Binarize(Enum):
@@ -29,7 +33,7 @@ class DatasetConfig:
     """Settings every dataset shares. Subclasses add their own (see mnist.py, cifar10.py, ...)."""
 
     binarize: Binarize = Binarize.none
-    split_seed: int = 0  # seeds held-out splits and static binarization, independent of the run's seed
+    split_seed: int = setting(0, min=0, max=SEED_MAX)  # seeds held-out splits and static binarization
 
 
 @dataclass
@@ -39,6 +43,14 @@ class OfficialDatasetConfig(DatasetConfig):
     root: Optional[str] = None  # null: $GENTRAIN_DATA, else ./data
     download: bool = True  # fetch missing files (with a progress bar) and verify their published md5
     verify: bool = True  # check md5s of a full official set; false loads files that do not match
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        root = resolve_root(self.root)
+        named = f"{prefix}root={self.root}" if self.root else f"the data folder {root} ($GENTRAIN_DATA or ./data)"
+        if root.exists() and not root.is_dir():
+            yield f"{named} is not a folder"
+        elif not root.exists() and not self.download:
+            yield f"{named} does not exist (and {prefix}download=false)"
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,12 @@ class DataInfo:
     @property
     def num_dims(self) -> int:
         return self.channels * self.height * self.width
+
+    @classmethod
+    def square(cls, cfg: DatasetConfig, channels: int, side: int, num_classes: Optional[int]) -> "DataInfo":
+        """What a dataset config will load, known before any file is read: models are built and checked first."""
+        levels = 256 if cfg.binarize is Binarize.none else 2
+        return cls(channels, side, side, levels, num_classes)
 
 
 @dataclass

@@ -19,10 +19,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from gentrain.data.base import ImageDataset, ImageSplit, OfficialDatasetConfig
+from gentrain.config import setting
+from gentrain.data.base import IMAGE_SIZE, DataInfo, ImageDataset, ImageSplit, OfficialDatasetConfig
 from gentrain.data.download import md5sum, missing_files_error
 from gentrain.data.images import cached_arrays, decode_images, file_fingerprint
-from gentrain.errors import ConfigError, DataError
+from gentrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class CelebALabels(Enum):
 
 @dataclass
 class CelebAConfig(OfficialDatasetConfig):
-    image_size: int = 64
-    crop: Optional[int] = 148  # side of the centre crop taken before resizing; null = the short side (178)
+    image_size: int = setting(64, **IMAGE_SIZE)
+    crop: Optional[int] = setting(148, min=1, max=4096)  # side of the centre crop before resizing; null = the short side
     labels: CelebALabels = CelebALabels.identity
 
 
@@ -102,9 +103,11 @@ def _read_listing(path: Path) -> dict[str, list[str]]:
     return out
 
 
+def celeba_info(cfg: CelebAConfig) -> DataInfo:
+    return DataInfo.square(cfg, 3, cfg.image_size, None)  # identities and attributes are not classes
+
+
 def load_celeba(cfg: CelebAConfig, root: Path) -> ImageDataset:
-    if cfg.image_size < 8:
-        raise ConfigError(f"dataset.image_size must be at least 8, got {cfg.image_size}")
     folder = root / "celeba"
     labels_file = {
         CelebALabels.identity: "identity_CelebA.txt",
@@ -138,6 +141,7 @@ def load_celeba(cfg: CelebAConfig, root: Path) -> ImageDataset:
     images = cached_arrays(
         folder, "celeba", key,
         lambda: {"images": decode_images(paths, cfg.image_size, cfg.crop, channels=3, desc="decode CelebA")},
+        shapes={"images": (len(paths), 3, cfg.image_size, cfg.image_size)},
     )["images"]
 
     labels = None

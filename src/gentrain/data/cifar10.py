@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from gentrain.data.base import OfficialDatasetConfig, ImageDataset, ImageSplit, hold_out
+from gentrain.config import setting
+from gentrain.data.base import IMAGE_SIZE, DataInfo, URL_PATTERN, OfficialDatasetConfig, ImageDataset, ImageSplit, hold_out
 from gentrain.data.download import download, extract_tar, md5sum, missing_files_error
 from gentrain.data.images import resize_images
 from gentrain.errors import DataError
@@ -42,9 +43,9 @@ FOLDER = "cifar-10-batches-py"
 
 @dataclass
 class CIFAR10Config(OfficialDatasetConfig):
-    val_fraction: float = 0.1  # share of the official training split held out for validation (seeded)
-    image_size: Optional[int] = None  # null keeps 32x32
-    url: str = URL
+    val_fraction: float = setting(0.1, above=0, below=1)  # share of the training split held out for validation
+    image_size: Optional[int] = setting(None, **IMAGE_SIZE)  # null keeps 32x32
+    url: str = setting(URL, pattern=URL_PATTERN)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -72,10 +73,14 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, AttributeError, ValueError, TypeError) as err:
-        raise DataError(f"cannot read the CIFAR-10 batch {path}: {err} (truncated or corrupt?)") from err
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+    except Exception as err:  # a damaged pickle fails in many ways; the unpickler itself only builds arrays
+        raise DataError(f"cannot read the CIFAR-10 batch {path}: {type(err).__name__}: {err} (truncated or "
+                        f"corrupt?)") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or data.shape[0] != labels.shape[0]:
         raise DataError(f"{path} is not a CIFAR-10 batch: data {data.shape}, labels {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path} holds labels outside the 10 CIFAR-10 classes ({labels.min()}..{labels.max()}): "
+                        f"corrupt or not a CIFAR-10 batch")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -97,6 +102,10 @@ def _ensure_files(folder: Path, cfg: CIFAR10Config) -> list[str]:
     extract_tar(archive, folder.parent)
     archive.unlink()
     return list(TRAIN_BATCHES)
+
+
+def cifar10_info(cfg: CIFAR10Config) -> DataInfo:
+    return DataInfo.square(cfg, 3, cfg.image_size or 32, 10)
 
 
 def load_cifar10(cfg: CIFAR10Config, root: Path) -> ImageDataset:
@@ -121,7 +130,7 @@ def load_cifar10(cfg: CIFAR10Config, root: Path) -> ImageDataset:
     def split(names: list[str]) -> ImageSplit:
         parts = [read_batch(folder / name) for name in names]
         images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-        if cfg.image_size:
+        if cfg.image_size is not None:
             images = resize_images(images, cfg.image_size)
         return ImageSplit(images, torch.from_numpy(np.concatenate([p[1] for p in parts])))
 

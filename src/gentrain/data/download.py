@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -33,7 +32,14 @@ def download(urls: Sequence[str], destination: Path, md5: str | None) -> Path:
     The file is written to a temporary name in the same folder and renamed only once complete and
     verified, so an interrupted or corrupted download never looks like a good file.
     """
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=destination.parent).close()
+    except OSError as err:
+        raise DataError(
+            f"cannot download {destination.name} into {destination.parent} ({err.strerror or err}): point "
+            f"dataset.root (or $GENTRAIN_DATA) at a writable folder, or put the files there yourself"
+        ) from None
     failures = []
     for url in urls:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
@@ -71,22 +77,6 @@ def missing_files_error(dataset: str, folder: Path, files: Sequence[str], hint: 
     )
 
 
-def fetch_missing(
-    dataset: str, folder: Path, files: dict[str, str], urls_for: dict[str, list[str]], allow_download: bool
-) -> None:
-    """Download each of `files` (name -> md5) missing from `folder`, or explain what is missing."""
-    missing = [name for name in files if not (folder / name).exists()]
-    if not missing:
-        return
-    if not allow_download:
-        raise missing_files_error(dataset, folder, missing, "(dataset.download=false)")
-    for name in missing:
-        try:
-            download(urls_for[name], folder / name, files[name])
-        except DataError as err:
-            raise DataError(f"{err}. {missing_files_error(dataset, folder, missing)}") from err
-
-
 def extract_tar(archive: Path, destination: Path) -> None:
     """Unpack a tar archive, refusing members that would land outside `destination`."""
     import tarfile
@@ -100,9 +90,3 @@ def extract_tar(archive: Path, destination: Path) -> None:
                 if not (destination / member.name).resolve().is_relative_to(root):
                     raise DataError(f"refusing to extract {member.name} from {archive}: it points outside {root}")
             tar.extractall(destination)
-
-
-def copy_atomic(source: Path, destination: Path) -> None:
-    tmp = destination.with_name(f".{destination.name}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, destination)

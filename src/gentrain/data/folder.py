@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from omegaconf import MISSING
 
-from gentrain.data.base import DatasetConfig, ImageDataset, ImageSplit, hold_out
+from gentrain.config import setting
+from gentrain.data.base import IMAGE_SIZE, DataInfo, DatasetConfig, ImageDataset, ImageSplit, hold_out
 from gentrain.data.images import cached_arrays, decode_images, file_fingerprint
-from gentrain.errors import ConfigError, DataError
+from gentrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,16 @@ EXTENSIONS = {".png", ".jpg", ".jpeg"}
 
 @dataclass
 class FolderConfig(DatasetConfig):
-    path: str = MISSING  # the image folder (required)
-    image_size: int = 64
-    crop: Optional[int] = None  # centre crop side before resizing; null = the short side
-    channels: int = 3  # 3 = RGB, 1 = greyscale
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
+    path: str = setting(MISSING, path="dir")  # the image folder (required)
+    image_size: int = setting(64, **IMAGE_SIZE)
+    crop: Optional[int] = setting(None, min=1, max=4096)  # centre crop side before resizing; null = the short side
+    channels: int = setting(3, choices=(1, 3))  # 3 = RGB, 1 = greyscale
+    val_fraction: float = setting(0.05, above=0, below=1)
+    test_fraction: float = setting(0.05, above=0, below=1)
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            yield f"{prefix}val_fraction + {prefix}test_fraction must be below 1 (nothing would be left to train on)"
 
 
 def _find_images(folder: Path) -> tuple[list[Path], Optional[list[int]], list[str]]:
@@ -46,15 +51,17 @@ def _find_images(folder: Path) -> tuple[list[Path], Optional[list[int]], list[st
     return paths, None, []
 
 
+def folder_info(cfg: FolderConfig) -> DataInfo:
+    """Listing the folder (no image is decoded) tells whether it has class sub-folders."""
+    _, _, classes = _find_images(Path(cfg.path).expanduser().absolute())
+    return DataInfo.square(cfg, cfg.channels, cfg.image_size, len(classes) or None)
+
+
 def load_folder(cfg: FolderConfig, root: Path) -> ImageDataset:
     del root  # a folder dataset names its own path
     folder = Path(cfg.path).expanduser().absolute()
     if not folder.is_dir():
         raise DataError(f"dataset.path={cfg.path} is not a folder")
-    if cfg.channels not in (1, 3):
-        raise ConfigError(f"dataset.channels must be 1 or 3, got {cfg.channels}")
-    if not 0.0 < cfg.val_fraction + cfg.test_fraction < 1.0:
-        raise ConfigError("dataset.val_fraction + dataset.test_fraction must be in (0, 1)")
     paths, class_ids, classes = _find_images(folder)
     key = {
         "dataset": "folder", "folder": str(folder), "size": cfg.image_size, "crop": cfg.crop,
@@ -63,6 +70,7 @@ def load_folder(cfg: FolderConfig, root: Path) -> ImageDataset:
     images = cached_arrays(
         folder, f"folder-{folder.name}", key,
         lambda: {"images": decode_images(paths, cfg.image_size, cfg.crop, cfg.channels, desc=f"decode {folder.name}")},
+        shapes={"images": (len(paths), cfg.channels, cfg.image_size, cfg.image_size)},
     )["images"]
     labels = None if class_ids is None else torch.tensor(class_ids, dtype=torch.int64)
     everything = ImageSplit(torch.from_numpy(images), labels)

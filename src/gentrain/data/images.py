@@ -91,9 +91,13 @@ def cache_dir_for(data_dir: Path) -> Optional[Path]:
 
 
 def cached_arrays(
-    data_dir: Path, name: str, key: dict, build: Callable[[], dict[str, np.ndarray]]
+    data_dir: Path, name: str, key: dict, build: Callable[[], dict[str, np.ndarray]],
+    shapes: Optional[dict[str, tuple]] = None,
 ) -> dict[str, np.ndarray]:
-    """Return the arrays cached under `key`, building and saving them (atomically) on the first call."""
+    """Return the arrays cached under `key`, building and saving them (atomically) on the first call.
+
+    A damaged cache (unreadable, truncated, or arrays of other shapes than `shapes`, where None in a shape matches
+    any length) is rebuilt with a warning."""
     key = {**key, "version": CACHE_VERSION}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = cache_dir_for(data_dir)
@@ -101,10 +105,16 @@ def cached_arrays(
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as stored:
-                log.info("loaded decoded %s from the cache %s", name, path)
-                return {k: stored[k] for k in stored.files}
-        except (OSError, ValueError) as err:
-            log.warning("ignoring an unreadable cache %s (%s); decoding again", path, err)
+                arrays = {k: stored[k] for k in stored.files}
+            for k, shape in (shapes or {}).items():
+                found = arrays[k].shape
+                if arrays[k].dtype != np.uint8 or len(found) != len(shape) or any(
+                        s is not None and s != f for s, f in zip(shape, found)):
+                    raise ValueError(f"{k} has shape {found} {arrays[k].dtype}, expected {shape} uint8")
+            log.info("loaded decoded %s from the cache %s", name, path)
+            return arrays
+        except Exception as err:  # a damaged file fails in many ways (zip, zlib, header, key); rebuild it
+            log.warning("the cache %s is damaged (%s: %s); decoding again", path, type(err).__name__, err)
     arrays = build()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import gzip
 import logging
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from gentrain.data.base import OfficialDatasetConfig, ImageDataset, ImageSplit, hold_out
+from gentrain.config import setting
+from gentrain.data.base import IMAGE_SIZE, DataInfo, URL_PATTERN, OfficialDatasetConfig, ImageDataset, ImageSplit, hold_out
 from gentrain.data.download import download, md5sum, missing_files_error
 from gentrain.data.images import resize_images
 from gentrain.errors import DataError
@@ -35,9 +37,9 @@ IDX_DTYPE = {0x08: np.uint8}
 
 @dataclass
 class MNISTConfig(OfficialDatasetConfig):
-    val_fraction: float = 0.1  # share of the official training split held out for validation (seeded)
-    image_size: Optional[int] = None  # null keeps 28x28; e.g. 32 or 64 resizes (antialiased) for GANs
-    mirrors: list[str] = field(default_factory=lambda: list(MIRRORS))
+    val_fraction: float = setting(0.1, above=0, below=1)  # share of the training split held out for validation
+    image_size: Optional[int] = setting(None, **IMAGE_SIZE)  # null keeps 28x28; 32 or 64 resizes (antialiased)
+    mirrors: list[str] = setting(factory=lambda: list(MIRRORS), min_items=1, pattern=URL_PATTERN)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -46,8 +48,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as err:
-        raise DataError(f"cannot read {path}: {err} (the file is truncated or corrupt; delete it to re-download)")
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"cannot read {path}: {err} (the file is truncated or corrupt; delete it to re-download)") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPE:
         raise DataError(f"{path} is not an IDX file of unsigned bytes (corrupt?)")
     ndim = raw[3]
@@ -80,16 +82,23 @@ def _locate(raw_dir: Path, name: str, cfg: MNISTConfig) -> Path:
     return plain
 
 
+def mnist_info(cfg: MNISTConfig) -> DataInfo:
+    return DataInfo.square(cfg, 1, cfg.image_size or 28, 10)
+
+
 def load_mnist(cfg: MNISTConfig, root: Path) -> ImageDataset:
     raw_dir = root / "MNIST" / "raw"
     arrays = {name: read_idx(_locate(raw_dir, name, cfg)) for name in FILES}
 
     def split(images: str, labels: str) -> ImageSplit:
         x, y = arrays[images], arrays[labels]
-        if x.ndim != 3 or x.shape[0] != y.shape[0]:
-            raise DataError(f"MNIST {images} and {labels} disagree: {x.shape} images, {y.shape} labels")
+        if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[1:] != (28, 28):
+            raise DataError(f"MNIST {images} and {labels} disagree: {x.shape} images, {y.shape} labels (expected "
+                            f"N x 28 x 28 images and N labels)")
+        if y.size and y.max() > 9:
+            raise DataError(f"MNIST {labels} holds the label {int(y.max())}: digits are 0-9 (corrupt file?)")
         tensor = torch.from_numpy(x.copy()).unsqueeze(1)
-        if cfg.image_size:
+        if cfg.image_size is not None:
             tensor = resize_images(tensor, cfg.image_size)
         return ImageSplit(tensor, torch.from_numpy(y.astype(np.int64)))
 

@@ -16,15 +16,19 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def cached(path: Path, what: str, build: Callable[[], dict]) -> dict:
-    """The tensors stored at `path`, or build() saved there on the first call."""
+def cached(path: Path, what: str, build: Callable[[], dict], keys: tuple[str, ...] = ()) -> dict:
+    """The tensors stored at `path` (a dict holding `keys`), or build() saved there on the first call. A damaged
+    file is computed again, with a warning."""
     if path.exists():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
+            missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+            if missing:
+                raise KeyError(f"missing {', '.join(missing)}")
             log.info("loaded the %s from %s", what, path)
             return state
-        except (OSError, RuntimeError, EOFError) as err:
-            log.warning("ignoring an unreadable cached %s %s (%s); computing it again", what, path, err)
+        except Exception as err:  # a damaged file fails in many ways (pickle, zip, key); compute it again
+            log.warning("the cached %s %s is damaged (%s: %s); computing it again", what, path, type(err).__name__, err)
     state = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -128,11 +128,6 @@ def load_or_train_classifier(
             f"metrics.fid.features=classifier needs class labels, and {dataset.name} has none; use "
             f"metrics.fid.features=inception"
         )
-    for key in ("steps", "batch_size", "width", "features"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"metrics.fid.classifier.{key} must be positive, got {getattr(cfg, key)}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"metrics.fid.classifier.lr must be positive, got {cfg.lr}")
     key = {
         "version": CLASSIFIER_VERSION, "seed": TRAINING_SEED, "levels": dataset.levels, "classes": dataset.num_classes,
         "train": train_fingerprint, "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
@@ -147,7 +142,7 @@ def load_or_train_classifier(
         val_accuracy = accuracy(trained, dataset.val, dataset.levels, device, cfg.batch_size)
         return {"state": trained.state_dict(), "val_accuracy": torch.tensor(val_accuracy)}
 
-    stored = cached(path, "FID feature classifier", build)
+    stored = cached(path, "FID feature classifier", build, keys=("state", "val_accuracy"))
     classifier = FeatureClassifier(dataset.info.channels, dataset.num_classes, cfg)
     classifier.load_state_dict(stored["state"])
     classifier.to(device)

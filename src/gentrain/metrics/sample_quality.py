@@ -95,7 +95,8 @@ class SampleQuality:
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = cache_dir / f"reference-{dataset.name}-{digest}.pt"
-        reference = cached(path, "FID/KID reference features", lambda: self._reference(dataset))
+        reference = cached(path, "FID/KID reference features", lambda: self._reference(dataset),
+                           keys=("fid_real", "kid_real", "held_out"))
         self.fid.load_state_dict(reference["fid_real"], strict=False)
         self.fid.to(device)
         self.kid.update(reference["kid_real"].to(device), real=True)
@@ -230,11 +231,6 @@ def build_sample_quality(
 
 
 def _check(cfg: FIDConfig, dataset: ImageDataset) -> None:
-    if cfg.num_samples < 2 or cfg.batch_size < 1 or cfg.kid_subsets < 1 or cfg.kid_subset_size < 2:
-        raise ConfigError(
-            "metrics.fid.num_samples and metrics.fid.kid_subset_size must be at least 2, metrics.fid.batch_size and "
-            "metrics.fid.kid_subsets at least 1"
-        )
     smallest = min(cfg.num_samples, len(dataset.train))
     if cfg.kid_subset_size > smallest:
         raise ConfigError(

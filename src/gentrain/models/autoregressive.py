@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from gentrain.config import OptimizerConfig
+from gentrain.config import OptimizerConfig, setting
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogisticMixture, PixelLikelihood
@@ -37,13 +37,13 @@ class PixelOutput(Enum):
 class AutoregressiveConfig:
     """Options shared by PixelCNN and Gated PixelCNN (each model sets its own defaults)."""
 
-    hidden_channels: int = 64  # feature maps of every layer
-    num_layers: int = 7  # layers after the first (mask A) one: residual or gated blocks
-    first_kernel_size: int = 7  # the first layer's k x k receptive field (odd)
-    kernel_size: int = 3  # the later layers' k x k receptive field (odd)
-    head_channels: int = 256  # width of the two 1x1 output layers
+    hidden_channels: int = setting(64, min=1, max=4096)  # feature maps of every layer
+    num_layers: int = setting(7, min=1, max=1000)  # layers after the first (mask A) one: residual or gated blocks
+    first_kernel_size: int = setting(7, min=3, max=63, odd=True)  # the first layer's k x k receptive field
+    kernel_size: int = setting(3, min=3, max=63, odd=True)  # the later layers' k x k receptive field
+    head_channels: int = setting(256, min=1, max=8192)  # width of the two 1x1 output layers
     output: PixelOutput = PixelOutput.auto
-    num_mixtures: int = 10  # logistic_mixture: components per pixel
+    num_mixtures: int = setting(10, min=1, max=100)  # logistic_mixture: components per pixel
     conditional: bool = False  # a learned per-class bias in every layer
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -61,8 +61,6 @@ def make_pixel_likelihood(cfg: AutoregressiveConfig, data: DataInfo, model_name:
         return Bernoulli(data.levels, data.channels)
     if choice is PixelOutput.softmax:
         return Categorical(data.levels, data.channels)
-    if cfg.num_mixtures < 1:
-        raise ConfigError(f"model.num_mixtures must be at least 1, got {cfg.num_mixtures}")
     return DiscretizedLogisticMixture(data.levels, data.channels, cfg.num_mixtures)
 
 
@@ -108,11 +106,6 @@ def layer_biases(class_bias: Optional[Tensor], sizes: list[int]) -> list[Optiona
     return [b[:, :, None, None] for b in class_bias.split(sizes, dim=1)]
 
 
-def check_odd_kernel(name: str, value: int) -> None:
-    if value < 3 or value % 2 == 0:
-        raise ConfigError(f"model.{name} must be an odd number >= 3, got {value}")
-
-
 class AutoregressiveModel(LikelihoodModel):
     """p(x) = prod_i p(x_i | x_<i) over sub-pixels in raster order, trained by exact maximum likelihood."""
 
@@ -120,10 +113,6 @@ class AutoregressiveModel(LikelihoodModel):
 
     def __init__(self, cfg: AutoregressiveConfig, data: DataInfo):
         super().__init__(data)
-        if cfg.hidden_channels < 1 or cfg.num_layers < 1 or cfg.head_channels < 1:
-            raise ConfigError("model.hidden_channels, model.num_layers and model.head_channels must be positive")
-        check_odd_kernel("first_kernel_size", cfg.first_kernel_size)
-        check_odd_kernel("kernel_size", cfg.kernel_size)
         self.cfg = cfg
         self.conditional = cfg.conditional
         num_classes = self.require_classes(data, self.registry_name) if cfg.conditional else 0

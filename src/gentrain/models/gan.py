@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from gentrain.config import OptimizerConfig
+from gentrain.config import SIZE_MAX, OptimizerConfig, setting
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
@@ -39,14 +39,15 @@ class CriticNorm(Enum):
 class GANConfig:
     """Settings every GAN shares; dcgan and wgan add their objective's."""
 
-    latent_dim: int = 100
-    generator_width: int = 64  # channels before the output layer; doubled at each lower resolution
-    critic_width: int = 64  # channels after the first critic layer; doubled at each lower resolution
+    latent_dim: int = setting(100, min=1, max=SIZE_MAX)
+    generator_width: int = setting(64, min=1, max=4096)  # channels before the output layer; doubled at each lower resolution
+    critic_width: int = setting(64, min=1, max=4096)  # channels after the first critic layer; doubled likewise
     critic_norm: CriticNorm = CriticNorm.auto
     conditional: bool = False  # the class label is an input to both networks
-    critic_steps: int = 1  # n_critic: critic updates per generator update
-    instance_noise: float = 0.0  # std of Gaussian noise added to every critic input, real and fake ([-1, 1] scale)
-    instance_noise_decay_steps: int = 0  # the std falls linearly to 0 over this many steps (0: constant)
+    critic_steps: int = setting(1, min=1, max=1000)  # n_critic: critic updates per generator update
+    # std of Gaussian noise added to every critic input, real and fake ([-1, 1] scale)
+    instance_noise: float = setting(0.0, min=0)
+    instance_noise_decay_steps: int = setting(0, min=0)  # the std falls linearly to 0 over this many steps (0: constant)
     optim_generator: OptimizerConfig = field(default_factory=OptimizerConfig)
     optim_critic: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -148,12 +149,6 @@ class GAN(GenerativeModel):
 
     def __init__(self, cfg: GANConfig, data: DataInfo, *, critic_norm: CriticNorm, spectral: bool = False):
         super().__init__(data)
-        if cfg.latent_dim <= 0 or cfg.generator_width <= 0 or cfg.critic_width <= 0:
-            raise ConfigError("model.latent_dim, model.generator_width and model.critic_width must be positive")
-        if cfg.critic_steps < 1:
-            raise ConfigError(f"model.critic_steps must be at least 1, got {cfg.critic_steps}")
-        if cfg.instance_noise < 0 or cfg.instance_noise_decay_steps < 0:
-            raise ConfigError("model.instance_noise and model.instance_noise_decay_steps must be >= 0")
         layout = network_layout(data.height, data.width, self.model_name)
         self.cfg = cfg
         self.conditional = cfg.conditional

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from gentrain.config import OptimizerConfig
+from gentrain.config import OptimizerConfig, setting
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
@@ -38,12 +38,13 @@ class CouplingType(Enum):
 
 @dataclass
 class RealNVPConfig:
-    num_scales: int = 2  # 2 = squeeze once; image sides must be divisible by 2^(num_scales - 1)
+    num_scales: int = setting(2, min=1, max=8)  # 2 = squeeze once; sides must be divisible by 2^(num_scales - 1)
     coupling: CouplingType = CouplingType.affine
-    hidden_channels: int = 64  # feature maps of each coupling's ResNet
-    residual_blocks: int = 4  # residual blocks in each coupling's ResNet
-    logit_alpha: float = 0.05  # y = logit(alpha + (1 - 2 alpha) u); the paper's 0.05 for natural images
-    temperature: float = 1.0  # standard deviation of the latents for sample grids
+    hidden_channels: int = setting(64, min=1, max=4096)  # feature maps of each coupling's ResNet
+    residual_blocks: int = setting(4, min=0, max=100)  # residual blocks in each coupling's ResNet
+    # y = logit(alpha + (1 - 2 alpha) u); the paper's 0.05 for natural images
+    logit_alpha: float = setting(0.05, above=0, below=0.5)
+    temperature: float = setting(1.0, above=0)  # standard deviation of the latents for sample grids
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 
@@ -132,12 +133,6 @@ class RealNVP(LikelihoodModel):
 
     def __init__(self, cfg: RealNVPConfig, data: DataInfo):
         super().__init__(data)
-        if cfg.num_scales < 1 or cfg.hidden_channels < 1 or cfg.residual_blocks < 0:
-            raise ConfigError("model.num_scales and model.hidden_channels must be positive, model.residual_blocks >= 0")
-        if not 0.0 < cfg.logit_alpha < 0.5:
-            raise ConfigError(f"model.logit_alpha must be in (0, 0.5), got {cfg.logit_alpha}")
-        if cfg.temperature <= 0:
-            raise ConfigError(f"model.temperature must be positive, got {cfg.temperature}")
         factor = 2 ** (cfg.num_scales - 1)
         if data.height % factor or data.width % factor or min(data.height, data.width) // factor < 2:
             raise ConfigError(

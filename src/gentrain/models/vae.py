@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.config import OptimizerConfig
+from gentrain.config import SIZE_MAX, OptimizerConfig, setting
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogistic, PixelLikelihood
@@ -43,14 +43,16 @@ class VAELikelihood(Enum):
 @dataclass
 class VAEConfig:
     arch: VAEArch = VAEArch.conv
-    latent_dim: int = 32
-    hidden: list[int] = field(default_factory=lambda: [400])  # mlp: hidden layer widths
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # conv: stem width, then per downsampling
+    latent_dim: int = setting(32, min=1, max=SIZE_MAX)
+    hidden: list[int] = setting(factory=lambda: [400], min_items=1, min=1, max=SIZE_MAX)  # mlp: hidden layer widths
+    # conv: stem width, then one per downsampling
+    channels: list[int] = setting(factory=lambda: [16, 32, 64], min_items=1, min=1, max=4096)
     likelihood: VAELikelihood = VAELikelihood.auto
-    beta: float = 1.0  # weight of the KL term (1 = the ELBO)
-    kl_warmup_steps: int = 0  # beta grows linearly from 0 over this many steps
+    beta: float = setting(1.0, min=0)  # weight of the KL term (1 = the ELBO)
+    kl_warmup_steps: int = setting(0, min=0)  # beta grows linearly from 0 over this many steps
     conditional: bool = False  # condition encoder and decoder on the class label
-    iw_samples: int = 100  # k of the importance-weighted bound computed on the test set at the end (<= 1: off)
+    # k of the importance-weighted bound computed on the test set at the end (<= 1: off)
+    iw_samples: int = setting(100, min=0, max=100_000)
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 
@@ -117,8 +119,6 @@ class VAE(GenerativeModel):
 
     def __init__(self, cfg: VAEConfig, data: DataInfo):
         super().__init__(data)
-        if cfg.latent_dim <= 0 or cfg.beta < 0 or cfg.kl_warmup_steps < 0:
-            raise ConfigError("model.latent_dim must be positive, model.beta and model.kl_warmup_steps >= 0")
         self.cfg = cfg
         self.conditional = cfg.conditional
         self.num_classes = self.require_classes(data, "vae") if cfg.conditional else 0
@@ -126,8 +126,6 @@ class VAE(GenerativeModel):
         c, h, w = data.channels, data.height, data.width
         out_params = self.likelihood.num_params
         if cfg.arch is VAEArch.mlp:
-            if not cfg.hidden or min(cfg.hidden) <= 0:
-                raise ConfigError("model.hidden must list positive layer widths for arch=mlp")
             self.encoder_net = mlp([data.num_dims + self.num_classes, *cfg.hidden, 2 * cfg.latent_dim])
             self.decoder_net = mlp([cfg.latent_dim + self.num_classes, *reversed(cfg.hidden), out_params * h * w])
         else:

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from gentrain.config import OptimizerConfig, OptimizerName
+from gentrain.config import OptimizerConfig, OptimizerName, setting
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
-from gentrain.errors import ConfigError
 from gentrain.models.base import LossOutput
 from gentrain.models.gan import GAN, CriticNorm, GANConfig
 
@@ -71,11 +70,18 @@ class WGANConfig(GANConfig):
     """Defaults are WGAN-GP's; configs/model/wgan.yaml makes the paper-dependent ones follow `lipschitz`."""
 
     lipschitz: Lipschitz = Lipschitz.gp
-    clip_value: float = 0.01  # c of weight clipping (lipschitz=clip)
-    gp_weight: float = 10.0  # lambda of the gradient penalty (lipschitz=gp)
-    critic_steps: int = PAPER_SETTINGS[Lipschitz.gp].critic_steps
+    clip_value: float = setting(0.01, above=0)  # c of weight clipping (lipschitz=clip)
+    gp_weight: float = setting(10.0, min=0)  # lambda of the gradient penalty (lipschitz=gp)
+    critic_steps: int = setting(PAPER_SETTINGS[Lipschitz.gp].critic_steps, min=1, max=1000)
     optim_generator: OptimizerConfig = field(default_factory=wgan_gp_optimizer)
     optim_critic: OptimizerConfig = field(default_factory=wgan_gp_optimizer)
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        if self.lipschitz is not Lipschitz.clip and self.critic_norm is CriticNorm.batch:
+            # Batch norm mixes the images of a batch, so neither a per-image gradient penalty nor per-layer
+            # spectral bounds constrain the critic any more.
+            yield (f"{prefix}lipschitz={self.lipschitz.value} cannot use {prefix}critic_norm=batch; use layer or "
+                   f"none")
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, labels: Optional[Tensor]) -> Tensor:
@@ -102,12 +108,6 @@ class WGAN(GAN):
 
     def __init__(self, cfg: WGANConfig, data: DataInfo):
         norm = PAPER_SETTINGS[cfg.lipschitz].critic_norm if cfg.critic_norm is CriticNorm.auto else cfg.critic_norm
-        if cfg.lipschitz is not Lipschitz.clip and norm is CriticNorm.batch:
-            # Batch norm mixes the images of a batch, so neither a per-image gradient penalty nor per-layer
-            # spectral bounds constrain the critic any more.
-            raise ConfigError(f"model.lipschitz={cfg.lipschitz.value} cannot use model.critic_norm=batch; use layer or none")
-        if cfg.clip_value <= 0 or cfg.gp_weight < 0:
-            raise ConfigError("model.clip_value must be positive and model.gp_weight >= 0")
         super().__init__(cfg, data, critic_norm=norm, spectral=cfg.lipschitz is Lipschitz.spectral)
         self.lipschitz = cfg.lipschitz
 

@@ -1,0 +1,294 @@
+"""A run directory is data: reading it never runs or instantiates anything it names, one process at a time
+works in it, and a command that is refused leaves it byte-identical.
+
+- `read_yaml` / `read_json` / `replayable_overrides`: the only ways gentrain reads a run's text files. YAML tags
+  (`!!python/object...`) are refused, and a resume replays only overrides of gentrain's own settings.
+- `RunLock`: an exclusive lock on `<run>/.gentrain.lock` (flock, holding the pid and host), released on exit and
+  by the kernel when a process dies; a second process on the same directory stops with one line naming the first.
+- `RunDirectory`: the lock, the clean-up of temporaries a killed process left, and the moment a run *commits*:
+  until then nothing is written (log records wait in memory); `commit()` writes `.hydra/` and starts `train.log`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import logging
+import logging.handlers
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from gentrain.errors import RunDirectoryError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".gentrain.lock"
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp: how gentrain writes files atomically
+# The settings a saved override may set when a run is resumed: gentrain's schema, never hydra.* or _target_.
+REPLAYED_ROOTS = ("model", "dataset", "trainer", "metrics", "seed", "experiment")
+CONFIG_GROUPS = ("model", "dataset", "trainer", "experiment")
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+def read_yaml(path: Path) -> Any:
+    """Plain YAML data: mappings, lists, strings, numbers. A tag that would build an object is refused."""
+    from omegaconf._utils import get_yaml_loader  # OmegaConf's safe loader (YAML 1.2 floats)
+
+    try:
+        return yaml.load(path.read_text(), Loader=get_yaml_loader())
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise RunDirectoryError(f"{path} is not plain YAML data, refusing to use it ({reason})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunDirectoryError(f"cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise RunDirectoryError(f"cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
+
+
+def replayable_overrides(run_dir: Path) -> list[str]:
+    """The run's saved command-line overrides, each checked to set only gentrain's own settings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    path = run_dir / ".hydra" / "overrides.yaml"
+    saved = read_yaml(path)
+    if saved is None:
+        return []
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        raise RunDirectoryError(f"{path} is not a list of overrides")
+    parser = OverridesParser.create()
+    for text in saved:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except HydraException as err:
+            raise RunDirectoryError(f"{path}: cannot parse the saved override {text!r} ({err})") from None
+        key = override.key_or_group
+        root = re.split(r"[./]", key)[0]
+        plain = override.type is OverrideType.CHANGE and override.package is None and not override.is_sweep_override()
+        group_choice = key in CONFIG_GROUPS and not re.fullmatch(r"\w+", str(override.value()))
+        if root not in REPLAYED_ROOTS or not plain or "_target_" in text or group_choice:
+            raise RunDirectoryError(
+                f"{path} holds {text!r}, which is not a gentrain setting (a run directory may only set "
+                f"{', '.join(REPLAYED_ROOTS)}); refusing to resume from it"
+            )
+    return saved
+
+
+# --- the lock ----------------------------------------------------------------------------------------------------
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """Exclusive use of a run directory by one process (see the module docstring)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.path = run_dir / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": datetime.datetime.now().isoformat(timespec="seconds")}
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise self._in_use(holder, stale_hint=False) from None
+            except OSError as err:  # a file system without flock (some network mounts): pid + host decide
+                os.close(fd)
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                self._acquire_without_flock(me)
+                return
+            try:  # the previous holder may have removed the file between our open() and flock()
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(me).encode())
+        self._fd = fd
+
+    def _acquire_without_flock(self, me: dict) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                with open(self.path, "rb") as f:
+                    holder = self._parse(f.read())
+                dead = holder.get("host") == me["host"] and not _process_alive(int(holder.get("pid", -1)))
+                if not dead:
+                    raise self._in_use(holder, stale_hint=True) from None
+                log.warning("removing the stale lock of pid %s, which no longer runs", holder.get("pid"))
+                self.path.unlink(missing_ok=True)
+                continue
+            os.write(fd, json.dumps(me).encode())
+            self._fd = fd
+            return
+        raise self._in_use({}, stale_hint=True)
+
+    @staticmethod
+    def _parse(raw: bytes) -> dict:
+        try:
+            holder = json.loads(raw.decode() or "{}")
+            return holder if isinstance(holder, dict) else {}
+        except ValueError:
+            return {}
+
+    def _holder(self, fd: int) -> dict:
+        return self._parse(os.pread(fd, 4096, 0))
+
+    def _in_use(self, holder: dict, *, stale_hint: bool) -> RunDirectoryError:
+        who = (f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('since')}" if holder
+               else "another process")
+        hint = f"; if that process no longer runs, delete {self.path}" if stale_hint else ""
+        return RunDirectoryError(
+            f"run directory {self.run_dir} is in use by another gentrain process ({who}): wait for it to finish "
+            f"or choose another hydra.run.dir{hint}"
+        )
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # before closing: a waiting process re-checks the inode it locked
+        os.close(self._fd)
+        self._fd = None
+
+
+class ConsoleFilter(logging.Filter):
+    """Drops records logged with extra={"console": False}: lines for train.log that the console already shows
+    in another form (a user error printed to stderr)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "console", True)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the half-written temporaries (.<name>.<pid>.tmp) of processes that no longer run."""
+    removed = []
+    for folder in (run_dir, run_dir / ".hydra", run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            match = TEMPORARY.match(path.name)
+            if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+# --- one run in its directory ---------------------------------------------------------------------------------
+def require_writable(folder: Path, hint: str) -> Path:
+    """Create `folder` and check that files can be written in it, before any work that would write there is done;
+    `hint` says how to choose another (e.g. 'choose another with hydra.run.dir=...')."""
+    probe = folder / f".gentrain-write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RunDirectoryError(f"cannot write {folder} ({err.strerror or err}): {hint}") from None
+    return folder
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class RunDirectory:
+    """The directory of one run, as the process that trains it sees it (see the module docstring).
+
+    Only the writing process (rank 0 under torchrun) locks, cleans and writes; the others only read.
+    """
+
+    def __init__(self, path: Path, *, writer: bool = True):
+        self.path = path
+        self.writer = writer
+        self.committed = False
+        self.had_run = self.holds_run()
+        self._lock = RunLock(path)
+        self._buffer: Optional[logging.handlers.MemoryHandler] = None
+        self._file_handler: Optional[logging.Handler] = None
+
+    def holds_run(self) -> bool:
+        """Whether an earlier run left its files here (its config or checkpoints)."""
+        return (self.path / ".hydra" / "config.yaml").exists() or any((self.path / "checkpoints").glob("*.pt"))
+
+    def __enter__(self) -> "RunDirectory":
+        if self.writer:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+            # Kept in memory until commit(), so that a refused run leaves train.log as it was.
+            self._buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+            logging.getLogger().addHandler(self._buffer)
+            removed = remove_stale_temporaries(self.path)
+            if removed:
+                log.info("removed %d temporary file(s) left by a killed process: %s", len(removed),
+                         ", ".join(str(p.relative_to(self.path)) for p in removed))
+        return self
+
+    def commit(self, files: dict[str, str]) -> None:
+        """The run passed its checks: write `files` (path in the run -> text, e.g. .hydra/config.yaml) and start
+        train.log with everything logged so far."""
+        if not self.writer or self.committed:
+            return
+        for name, text in files.items():
+            write_text_atomic(self.path / name, text)
+        handler = logging.FileHandler(self.path / "train.log")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        if self._buffer is not None:
+            for record in self._buffer.buffer:
+                handler.handle(record)
+            root.removeHandler(self._buffer)
+            self._buffer = None
+        self._file_handler = handler
+        self.committed = True
+
+    def record(self, status: str, **fields: Any) -> None:
+        """status.json: how the run ended. Written only into a committed run."""
+        if self.writer and self.committed:
+            write_text_atomic(self.path / "status.json", json.dumps({"status": status, **fields}, indent=2) + "\n")
+
+    def __exit__(self, *exc: Any) -> None:
+        root = logging.getLogger()
+        for handler in (self._buffer, self._file_handler):
+            if handler is not None:
+                root.removeHandler(handler)
+                handler.close()
+        self._buffer = self._file_handler = None
+        self._lock.release()
