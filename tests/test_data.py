@@ -273,3 +273,53 @@ def test_decode_images_crops_the_centre(tmp_path: Path) -> None:
     Image.fromarray(array).save(tmp_path / "a.png")
     out = decode_images([tmp_path / "a.png"], size=6, crop=None, channels=3, desc="test")
     assert out.shape == (1, 3, 6, 6) and out.min() >= 250
+
+
+# --- damaged input gets one line, a damaged cache is rebuilt --------------------------------------------------
+
+
+def test_mnist_corrupt_gzip_with_verification_off(tmp_path: Path) -> None:
+    raw = write_mnist(tmp_path)
+    good = (raw / "train-images-idx3-ubyte.gz").read_bytes()
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(good[:40] + bytes(200) + good[240:])  # a damaged deflate stream
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz.*truncated or corrupt"):
+        load_dataset(MNISTConfig(root=str(tmp_path), verify=False))
+
+
+def test_labels_out_of_range_are_refused(tmp_path: Path) -> None:
+    from synthetic import write_cifar_batch, write_idx
+
+    raw = write_mnist(tmp_path / "m")
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.full(20, 12))
+    with pytest.raises(DataError, match="label 12: digits are 0-9"):
+        load_dataset(MNISTConfig(root=str(tmp_path / "m"), verify=False))
+    folder = write_cifar10(tmp_path / "c", train_batches=1)
+    write_cifar_batch(folder / "test_batch", 20, seed=5)
+    batch = pickle.loads((folder / "test_batch").read_bytes())
+    batch["labels"][3] = 10
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match="labels outside the 10 CIFAR-10 classes"):
+        load_dataset(CIFAR10Config(root=str(tmp_path / "c")))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "wrong shape"])
+def test_a_damaged_image_cache_is_rebuilt_with_a_warning(tmp_path: Path, caplog, damage: str) -> None:
+    folder = write_image_folder(tmp_path / "images", count=12)
+    first = load_dataset(FolderConfig(path=str(folder), image_size=16))
+    (cache,) = (folder / ".gentrain_cache").glob("*.npz")
+    if damage == "truncate":
+        cache.write_bytes(cache.read_bytes()[:200])
+    else:
+        np.savez(cache, images=np.zeros((3, 3, 16, 16), dtype=np.uint8))
+    with caplog.at_level(logging.WARNING):
+        again = load_dataset(FolderConfig(path=str(folder), image_size=16))
+    assert "is damaged" in caplog.text and "decoding again" in caplog.text
+    assert torch.equal(again.train.images, first.train.images)
+
+
+def test_download_into_a_folder_that_cannot_be_written(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"  # nothing can be created under a regular file, even by root
+    blocker.write_text("")
+    with pytest.raises(DataError, match=r"cannot download train-images-idx3-ubyte.gz into .*a_file/MNIST/raw .*"
+                                        r"point dataset.root"):
+        load_dataset(MNISTConfig(root=str(blocker)))

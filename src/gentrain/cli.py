@@ -47,11 +47,12 @@ def train(cfg: Any, run_dir: Path, *, before_training: Callable[[], None] = lamb
     from gentrain.logger import flatten_config
     from gentrain.metrics.sample_quality import build_sample_quality
     from gentrain.models import build_model, model_name
-    from gentrain.runtime import pick_device, seed_everything
+    from gentrain.runtime import check_precision, pick_device, seed_everything
     from gentrain.trainer import Trainer
 
     config = to_config(cfg)
     device = pick_device(config.trainer.device)
+    check_precision(config.trainer.precision, device)
     parallel = distributed.context()
     if parallel.enabled:
         log.info("distributed: rank %d of %d processes, %s backend", parallel.rank, parallel.world_size, parallel.backend)

@@ -75,6 +75,8 @@ def evaluate_run(options: EvalOptions, overrides: list[str]) -> tuple[dict[str, 
         "ema_weights": run.ema is not None,
     }
     for split in splits:
+        log.info("evaluating %s (step %d) on %s: %d images", results["checkpoint"], run.step, split,
+                 evaluator.images(split))
         results[split] = evaluator.split(split, final=True)
         log.info("%s: %s", split, ", ".join(f"{k} {v:.4f}" for k, v in results[split].items()))
     quality = evaluator.sample_quality()

@@ -6,8 +6,10 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -238,8 +240,10 @@ class Trainer:
             self._window.setdefault(f"grad_norm/{update.optimizer}", []).append(grad_norm.detach().float())
         if self.ema is not None:
             self.ema.update()
-        for scheduler in self.schedulers.values():
-            scheduler.step()
+        with warnings.catch_warnings():  # the schedule follows the step count, skipped steps included
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+            for scheduler in self.schedulers.values():
+                scheduler.step()
         for module in self._to_compile:
             module.compile()  # in place (no `_orig_mod.` prefix), so checkpoints load with or without compile
         self._to_compile = []
