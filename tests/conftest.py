@@ -47,6 +47,8 @@ def one_torch_thread():
 
 
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1"}
+# Runs inside the test process: the offline data, and one torch thread (train() would otherwise take every core).
+IN_PROCESS_ENV = {"GENTRAIN_DATA": str(SHARED_DATA), **ONE_THREAD_ENV}
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -60,7 +62,8 @@ def train_in_process(run_dir: Path, *overrides: str) -> dict:
 
     cfg = compose_config(f"dataset.root={SHARED_DATA}", "trainer.progress_bar=false", *overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return train(cfg, run_dir)
+    with mock.patch.dict(os.environ, IN_PROCESS_ENV):
+        return train(cfg, run_dir)
 
 
 def command_in_process(main, *args: str) -> tuple[int, str, str]:
@@ -68,7 +71,7 @@ def command_in_process(main, *args: str) -> tuple[int, str, str]:
     command without the seconds a new process spends importing torch. For tests that monkeypatch, and for many
     quick cases. $GENTRAIN_DATA points at the offline datasets, as for run_cli."""
     out, err = io.StringIO(), io.StringIO()
-    with mock.patch.dict(os.environ, {"GENTRAIN_DATA": str(SHARED_DATA)}), contextlib.redirect_stdout(out), \
+    with mock.patch.dict(os.environ, IN_PROCESS_ENV), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err):
         try:
             main(list(args))

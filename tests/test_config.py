@@ -152,3 +152,21 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     printed = OmegaConf.create(result.stdout)
     assert printed.trainer.batch_size == 7
     assert "val_fraction" in printed.dataset and printed.model.arch == "conv"
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_debug_trainer_composes_small_evaluation_budgets(model: str) -> None:
+    """trainer=debug is a quick end-to-end check: every evaluation knob is small, the model's own ones too."""
+    full, debug = (to_config(compose_config(f"model={model}", *extra)) for extra in ([], ["trainer=debug"]))
+    assert debug.trainer.max_steps <= 20 and debug.trainer.eval_limit <= 200 and debug.trainer.num_samples <= 16
+    assert debug.metrics.fid.num_samples <= 500 and debug.metrics.fid.classifier.steps <= 200
+    assert debug.metrics.fid.kid_subset_size <= debug.metrics.fid.num_samples
+    for key in MODELS[model].evaluation_budget:
+        assert getattr(debug.model, key) <= getattr(full.model, key) / 10, key
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = run_cli("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == f"gentrain {version('gentrain')}"

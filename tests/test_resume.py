@@ -73,7 +73,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path: Path, shared_
     # TensorBoard continues: every logged step appears exactly once, none missing.
     events = EventAccumulator(str(interrupted))
     events.Reload()
-    steps = [e.step for e in events.Scalars("train/loss")]
+    steps = [e.step for e in events.Scalars("train/neg_elbo_nats")]
     assert steps == list(range(5, 201, 5))
 
 
@@ -215,6 +215,7 @@ def test_a_sweep_with_one_bad_job_finishes_the_others(tmp_path: Path, shared_dat
     assert result.returncode == 1, result.stdout + result.stderr
     assert "sweep of 2 jobs finished, 1 failed" in result.stdout
     assert "trainer.batch_size must be between 1 and 65536" in result.stdout
-    assert (sweep / "1" / "metrics.json").exists()
+    assert (sweep / "1_batch_size=16" / "metrics.json").exists()
     summary = (sweep / "summary.md").read_text()
-    assert "| 1 |" in summary and "finished" in summary and "| 0 |" in summary and "failed" in summary
+    assert "| trainer.batch_size |" in summary.splitlines()[0]
+    assert "| 1 | 16 | finished |" in summary and "| 0 | 0 | failed |" in summary

@@ -86,7 +86,7 @@ def test_eval_recomputes_test_metrics_without_touching_checkpoints(vae_run: Path
     assert any("k=50" in note for note in metrics["notes"])
     events = EventAccumulator(str(vae_run / "eval"))
     events.Reload()
-    assert "eval/test/iw_nll_nats" in events.Tags()["scalars"]
+    assert "test/iw_nll_nats" in events.Tags()["scalars"]
     assert checkpoint_digests(vae_run) == before
 
 

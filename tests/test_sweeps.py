@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import yaml
@@ -14,18 +15,32 @@ QUICK = ("trainer=debug", "model.arch=mlp", "model.hidden=[32]", "model.iw_sampl
          "trainer.eval_limit=100")
 
 
-def test_joblib_launcher_runs_a_two_job_sweep(tmp_path: Path, shared_data: Path) -> None:
-    sweep = tmp_path / "sweep"
+def announced_sweep_dir(output: str, cwd: Path) -> Path:
+    """The sweep directory the command announced at its end ('summary: <dir>/summary.md')."""
+    line = next(line for line in output.splitlines() if line.startswith("gentrain: sweep of"))
+    return cwd / line.rsplit("summary: ", 1)[1].removesuffix("/summary.md")
+
+
+def test_joblib_sweep_lands_where_it_says(tmp_path: Path, shared_data: Path) -> None:
+    """Two parallel jobs (loky workers import gentrain anew) land in the announced directory, named by what
+    differs, with a two-row summary; their log lines say which job they come from."""
     result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *QUICK, "model.latent_dim=4,8",
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Joblib" in result.stdout + result.stderr
+    sweep = announced_sweep_dir(result.stdout, tmp_path)
+    assert f"sweep output dir : {sweep.relative_to(tmp_path)}" in result.stdout + result.stderr  # Hydra's line
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_latent_dim=4", "1_latent_dim=8"]
+    assert len(list((tmp_path / "outputs" / "multirun").glob("*/*"))) == 1  # one sweep directory, not one per job
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["overrides"].split()[-1] for r in rows) == ["model.latent_dim=4", "model.latent_dim=8"]
+    assert sorted(r["model.latent_dim"] for r in rows) == ["4", "8"] and "trainer" not in rows[0]
     assert all(r["status"] == "finished" for r in rows)
     values = [float(r["val/bits_per_dim"]) for r in rows]
     assert values == sorted(values)  # best first
+    header = (sweep / "summary.md").read_text().splitlines()[0]
+    assert "model.latent_dim" in header and "model.arch" not in header  # constants are not repeated
+    assert "[job 0]" in result.stdout and "[job 1]" in result.stdout
+    assert "CPU threads: 1 (" in result.stdout or (os.cpu_count() or 1) > 2  # 2 cores shared by 2 jobs
 
 
 def test_optuna_example_minimises_validation_bits_per_dim(tmp_path: Path, shared_data: Path) -> None:

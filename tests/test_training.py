@@ -37,10 +37,12 @@ def test_gentrain_command_writes_a_complete_run(tmp_path: Path, shared_data: Pat
     assert (run_dir / "checkpoints" / "best.pt").exists()
 
     tags = event_tags(run_dir)
-    for tag in ("train/loss", "train/neg_elbo_nats", "train/kl_nats", "train/bits_per_dim", "lr/model",
+    for tag in ("train/neg_elbo_nats", "train/kl_nats", "train/bits_per_dim",
                 "perf/images_per_sec", "perf/max_memory_mb", "val/bits_per_dim", "val/neg_elbo_nats",
                 "val/active_units", "test/iw_nll_nats", "test/bits_per_dim"):
         assert tag in tags["scalars"], tag
+    # No duplicates (the loss is the negative ELBO at beta = 1) and no constants (beta, a constant lr).
+    assert not {"train/loss", "train/beta", "lr/model"} & set(tags["scalars"])
     assert {"samples", "reconstructions", "interpolations"} <= set(tags["images"])
     assert "_hparams_/experiment" in EventAccumulator(str(run_dir)).Reload().PluginTagToContent("hparams")
 
@@ -128,3 +130,18 @@ def test_a_time_limit_right_after_an_evaluation_does_not_evaluate_twice(
     result = train_in_process(tmp_path, *QUICK, "trainer.max_steps=null", "trainer.max_minutes=1",
                               "trainer.eval_every=1", "model.arch=mlp")
     assert result["step"] == 1 and calls == ["val", "test"]
+
+
+def test_progress_lines_when_output_is_piped(tmp_path: Path, shared_data: Path) -> None:
+    """No terminal (a pipe, nohup, SLURM): progress lines on the console and in train.log, never \\r frames."""
+    run_dir = tmp_path / "run"
+    result = run_cli("trainer=debug", "model.arch=mlp", "trainer.max_steps=12", "trainer.log_every=4",
+                     "trainer.log_seconds=0", "trainer.eval_every=0", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "train: " in line and " step (" in line]
+    assert [line.split("train: ")[1].split(" step")[0] for line in lines] == ["4/12", "8/12", "12/12"]
+    assert all("neg_elbo_nats" in line and "img/s" in line and "ETA" in line for line in lines)
+    assert "\r" not in result.stdout + result.stderr
+    logged = (run_dir / "train.log").read_text()
+    assert all(line.split(" - ", 1)[1] in logged for line in lines)
+    assert "overrides: trainer=debug model.arch=mlp" in logged and "CPU threads:" in logged

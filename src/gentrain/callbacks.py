@@ -41,6 +41,9 @@ class SweepSummary(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = write_summary(sweep_dir)
+        if not jobs:
+            print(f"gentrain: error: the sweep left no job in {sweep_dir}", file=sys.stderr)
+            raise SystemExit(1)
         failed = [j for j in jobs if j["status"] != "finished"]
         print(f"gentrain: sweep of {len(jobs)} jobs finished, {len(failed)} failed; summary: {sweep_dir / 'summary.md'}")
         for job in failed:

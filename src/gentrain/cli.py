@@ -12,13 +12,14 @@ sweep (`-m`) a failing job is recorded in its status.json and the other jobs sti
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from gentrain import distributed
 from gentrain.errors import (
@@ -33,26 +34,30 @@ log = logging.getLogger("gentrain")
 _failure: list[BaseException] = []
 
 
-def train(cfg: Any, run_dir: Path, *, before_training: Callable[[], None] = lambda: None) -> dict[str, Any]:
+def train(cfg: Any, run_dir: Path, *, before_training: Callable[[], None] = lambda: None,
+          parallel_jobs: int = 1, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Build everything a config describes, train it in `run_dir`, and return the final metrics.
 
     Every check comes first, in order of cost: values, then the model against the shape the data will have,
     then the checkpoint to resume from, then the data itself. `before_training` runs once they all passed.
+    `parallel_jobs`: jobs of a sweep running at once on this machine (they share its cores); `overrides`: the
+    command line's, shown in TensorBoard's HPARAMS tab.
     """
     from omegaconf import OmegaConf
 
     from gentrain.checkpoint import check_identity, load_checkpoint, resume_source
     from gentrain.composition import to_config
     from gentrain.data import expected_info, load_dataset, resolve_root
-    from gentrain.logger import flatten_config
+    from gentrain.logger import run_hparams
     from gentrain.metrics.sample_quality import build_sample_quality
     from gentrain.models import build_model, model_name
-    from gentrain.runtime import check_precision, pick_device, seed_everything
+    from gentrain.runtime import check_precision, configure_threads, local_processes, pick_device, seed_everything
     from gentrain.trainer import Trainer
 
     config = to_config(cfg)
     device = pick_device(config.trainer.device)
     check_precision(config.trainer.precision, device)
+    configure_threads(config.trainer.num_threads, local_processes(parallel_jobs))
     parallel = distributed.context()
     if parallel.enabled:
         log.info("distributed: rank %d of %d processes, %s backend", parallel.rank, parallel.world_size, parallel.backend)
@@ -82,7 +87,8 @@ def train(cfg: Any, run_dir: Path, *, before_training: Callable[[], None] = lamb
     ) if parallel.is_main else None
     trainer = Trainer(
         model, dataset, config.trainer, run_dir=run_dir, device=device, seed=config.seed,
-        identity=identity, hparams=flatten_config(container), sample_metrics=sample_metrics,
+        identity=identity, hparams=run_hparams(container, list(overrides), name, dataset.name),
+        sample_metrics=sample_metrics, config_text=OmegaConf.to_yaml(cfg),
     )
     if state is not None:
         trainer.load_state_dict(state, resume_from)
@@ -107,13 +113,17 @@ def _task(cfg: Any) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from gentrain.rundir import RunDirectory
+    from gentrain.rundir import LOG_FORMAT, RunDirectory
 
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     status = {"job": hydra_cfg.job.num if in_sweep else None, "overrides": list(hydra_cfg.overrides.task)}
     started = time.monotonic()
-    run = RunDirectory(Path(hydra_cfg.runtime.output_dir), writer=distributed.context().is_main)
+    log_format = LOG_FORMAT.replace("][%(name)s", f"][job {hydra_cfg.job.num}][%(name)s") if in_sweep else LOG_FORMAT
+    if in_sweep:  # parallel jobs share a console: each line says whose it is
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(log_format))
+    run = RunDirectory(Path(hydra_cfg.runtime.output_dir), writer=distributed.context().is_main, log_format=log_format)
 
     def ended(outcome: str, **extra: Any) -> None:
         run.record(outcome, **status, wall_seconds=round(time.monotonic() - started, 1), **extra)
@@ -121,7 +131,9 @@ def _task(cfg: Any) -> float:
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(run)
-            result = train(cfg, run.path, before_training=lambda: run.commit(_run_files(cfg)))
+            log.info("overrides: %s", " ".join(status["overrides"]) or "none (the defaults)")
+            result = train(cfg, run.path, before_training=lambda: run.commit(_run_files(cfg)),
+                           parallel_jobs=_parallel_jobs(hydra_cfg) if in_sweep else 1, overrides=status["overrides"])
         except Stopped as err:
             ended("preempted" if isinstance(err, Preempted) else "interrupted", error=str(err))
             log.warning("%s", err, extra={"console": False})
@@ -149,6 +161,16 @@ def _task(cfg: Any) -> float:
         ended("finished", main_metric=result["main_metric"], val=result["val"], test=result["test"])
     log.info("run directory: %s", run.path)
     return float(result["val"].get(result["main_metric"], float("nan")))
+
+
+def _parallel_jobs(hydra_cfg: Any) -> int:
+    """How many jobs of this sweep run at once on this machine (joblib's n_jobs; 1 for the other launchers)."""
+    n_jobs = hydra_cfg.launcher.get("n_jobs") if "launcher" in hydra_cfg else None
+    if not isinstance(n_jobs, int) or n_jobs == 0:
+        return 1
+    from gentrain.runtime import available_cores
+
+    return n_jobs if n_jobs > 0 else max(1, available_cores() + 1 + n_jobs)  # joblib: -1 = every core
 
 
 def quote_override(value: str) -> str:
@@ -211,17 +233,32 @@ def _hydra_raises() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("gentrain")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main() -> None:
     import hydra
 
+    from gentrain import run_names
     from gentrain.composition import CONFIG_MODULE, register
 
+    if sys.argv[1:2] in (["--version"], ["-V"]):
+        print(f"gentrain {version()}")
+        return
     with exit_statuses("gentrain"):
+        run_names.set_launch_time(datetime.datetime.now())
         register()
         distributed.init_from_environment()
         try:
             sys.argv = _rank_arguments(_resume_arguments(sys.argv))
-            with _hydra_raises():
+            with _hydra_raises(), run_names.fixed_for_this_command(sys.argv[1:]):
                 hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(_task)()
             if _failure:
                 raise _failure.pop()

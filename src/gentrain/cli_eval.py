@@ -87,11 +87,12 @@ def evaluate_run(options: EvalOptions, overrides: list[str]) -> tuple[dict[str, 
     results["notes"] = evaluator.notes()
 
     write_json(out_dir / "metrics.json", results)
+    # The run's own tag names, so that TensorBoard draws these values in the same charts as the run's.
     logger = RunLogger(out_dir)
     for split in splits:
-        logger.scalars({f"eval/{split}/{k}": v for k, v in results[split].items()}, run.step)
-    logger.scalars({f"eval/samples/{k}": v for k, v in quality.items()}, run.step)
-    logger.text("eval/notes", "\n\n".join(results["notes"] + [f"overrides: {' '.join(overrides) or 'none'}"]))
+        logger.scalars({f"{split}/{k}": v for k, v in results[split].items()}, run.step)
+    logger.scalars({f"val/{k}": v for k, v in quality.items()}, run.step)
+    logger.text("notes", "\n\n".join(results["notes"] + [f"overrides: {' '.join(overrides) or 'none'}"]))
     logger.close()
     return results, out_dir / "metrics.json"
 

@@ -27,10 +27,11 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     from gentrain.data import DATASETS
-    from gentrain.distributed import launch_time
     from gentrain.models import CONFIG_RESOLVERS, MODELS
+    from gentrain.run_names import job_dirname, launch_time, name_suffix
 
-    for name, resolver in {"launch_time": launch_time, **CONFIG_RESOLVERS}.items():
+    resolvers = {"launch_time": launch_time, "name_suffix": name_suffix, "job_dirname": job_dirname}
+    for name, resolver in {**resolvers, **CONFIG_RESOLVERS}.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
     store = ConfigStore.instance()
     store.store(name="gentrain_config", node=Config)

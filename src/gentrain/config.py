@@ -192,10 +192,15 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model's networks for training (evaluation stays eager)
     channels_last: Optional[bool] = None  # NHWC weights for convolutional models; null = on CUDA only
     deterministic: bool = False
+    # CPU threads for torch; null: the cores available to this process divided by the processes sharing them
+    # (torchrun's processes on this node, joblib's n_jobs)
+    num_threads: Optional[int] = setting(None, min=1, max=1024)
 
     eval_every: int = setting(1000, min=0)  # steps between evaluations (validation, samples, checkpoint); 0 = at the end
     eval_limit: Optional[int] = setting(None, min=1)  # cap on images per evaluation, val and test; null = all
-    log_every: int = setting(50, min=1)  # steps between train/ scalars
+    log_every: int = setting(50, min=1)  # steps between train/ scalars (and progress lines, see log_seconds)
+    # without a terminal (logs, pipes, SLURM) a progress line every log_every steps or log_seconds, whichever later
+    log_seconds: float = setting(30.0, min=0)
     num_samples: int = setting(64, min=1, max=1024)  # images in each sample grid
     keep_checkpoints: int = setting(3, min=1)  # step checkpoints kept besides best.pt
     progress_bar: bool = True  # tqdm bars on a terminal (never in redirected output)
@@ -265,3 +270,5 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     seed: int = setting(0, min=0, max=SEED_MAX)
+    # names the run (outputs/<date>/<time>_<name>, TensorBoard, metrics.json)
+    name: Optional[str] = setting(None, pattern=r"[\w.+=-]+", meaning="a name of letters, digits and . _ - + =")

@@ -11,7 +11,6 @@ single process is the special case world_size = 1, where nothing here does anyth
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from gentrain import run_names
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,11 @@ class Distributed:
 
 
 _context = Distributed()
-_launch_time = datetime.datetime.now()
 
 
 def init_from_environment() -> Distributed:
     """Join the process group torchrun describes; a no-op for a single process. Idempotent."""
-    global _context, _launch_time
+    global _context
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1 or _context.enabled:
         return _context
@@ -56,19 +56,14 @@ def init_from_environment() -> Distributed:
     dist.init_process_group(backend)
     _context = Distributed(dist.get_rank(), dist.get_world_size(), local_rank, backend)
     # Every process names the run directory after rank 0's start time, so they all write to the same one.
-    shared = [_launch_time]
+    shared = [run_names.current_launch_time()]
     dist.broadcast_object_list(shared, src=0)
-    _launch_time = shared[0]
+    run_names.set_launch_time(shared[0])
     return _context
 
 
 def context() -> Distributed:
     return _context
-
-
-def launch_time(pattern: str) -> str:
-    """The `launch_time` config resolver: when this run started (rank 0's clock), formatted with `pattern`."""
-    return _launch_time.strftime(pattern)
 
 
 def shutdown() -> None:

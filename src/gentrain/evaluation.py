@@ -8,12 +8,13 @@ so that evaluating the same weights twice gives the same numbers and a run evalu
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import time
 from typing import Iterator, Optional, Protocol
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from gentrain import distributed
 from gentrain.config import Precision
@@ -21,6 +22,9 @@ from gentrain.data.base import ImageDataset
 from gentrain.data.batches import Batch, eval_batches
 from gentrain.ema import EMA
 from gentrain.models.base import GenerativeModel
+from gentrain.progress import duration, track
+
+log = logging.getLogger(__name__)
 from gentrain.runtime import autocast
 
 
@@ -56,7 +60,7 @@ class Evaluator:
         self.limit = limit
         self.ema = ema
         self.sample_metrics = sample_metrics
-        self.progress = None if progress else True  # tqdm's disable: None shows bars only on a terminal
+        self.progress = progress  # bars on a terminal (progress lines elsewhere, always)
         self.use_labels = bool(getattr(model, "conditional", False))
 
     @contextlib.contextmanager
@@ -93,11 +97,15 @@ class Evaluator:
         sums: dict[str, Tensor] = {}
         count = torch.zeros((), device=self.device)
         with self.eval_mode():
-            shard = n // parallel.world_size + 1
-            for batch in tqdm(batches, total=math.ceil(shard / self.batch_size), desc=f"eval {split_name}",
-                              leave=False, disable=self.progress):
+            total = math.ceil((n // parallel.world_size + 1) / self.batch_size)
+            desc = f"{split_name}: {self.model.evaluation_text(final)}"
+            started = time.perf_counter()
+            for index, batch in enumerate(track(batches, desc, total=total, unit="batch", bar=self.progress)):
                 with autocast(self.precision, self.device):
                     values = self.model.evaluate(batch, final=final)
+                if final and index == 0:  # say what the end-of-run pass costs before most of it is spent
+                    estimate = (time.perf_counter() - started) * total
+                    log.info("%s on %s images: about %s (timed on the first batch)", desc, f"{n:,}", duration(estimate))
                 for name, value in values.items():
                     total = value.detach().float().sum(0)
                     sums[name] = sums[name] + total if name in sums else total

@@ -27,7 +27,8 @@ def image_grid(images: Tensor) -> Tensor:
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {"trainer.lr": 0.001, ...} with values TensorBoard's hparams view accepts."""
+    """Nested config -> {"trainer.lr": 0.001, ...} with values TensorBoard's hparams view accepts (None and lists
+    as text)."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
@@ -38,6 +39,26 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
         else:
             flat[name] = str(value)
     return flat
+
+
+# Always in the HPARAMS tab, besides the model's own options and whatever the command line set.
+HPARAM_KEYS = ("name", "seed", "trainer.lr", "trainer.batch_size", "trainer.max_steps", "trainer.max_epochs",
+               "trainer.ema_decay", "trainer.precision", "dataset.binarize", "dataset.image_size")
+
+
+def run_hparams(config: Mapping[str, Any], overrides: list[str], model: str, dataset: str) -> dict[str, Any]:
+    """What TensorBoard's HPARAMS tab shows for a run: the model and dataset names, the keys set on the command
+    line (a sweep's swept keys among them), a short list of the usual ones and the model's options, with
+    booleans as booleans; unset values and URLs are left out unless they were set on the command line."""
+    flat = flatten_config(config)
+    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)  # key -> the value as typed
+    model_options = [k for k in flat if k.startswith("model.") and (k.count(".") == 1 or k.endswith(".lr"))]
+    shown = {"model": model, "dataset": dataset}
+    for key in [*HPARAM_KEYS, *model_options, *given]:
+        value = flat.get(key, given.get(key))  # a group choice (trainer=debug) is no leaf of the config
+        if key in given or (value not in (None, "None") and not str(value).startswith(("http://", "https://"))):
+            shown.setdefault(key, value)
+    return {k: ("null" if v in (None, "None") else v) for k, v in shown.items()}
 
 
 class RunLogger:
@@ -65,7 +86,7 @@ class RunLogger:
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         for name, images in grids.items():
             grid = image_grid(images)
-            self.writer.add_image(name, grid, step)
+            self.writer.add_image(f"images/{name}", grid, step)  # after the scalars in TensorBoard's views
             filename = f"step_{step:06d}.png" if name == "samples" else f"{name}_step_{step:06d}.png"
             save_image(grid, self.samples_dir / filename)
 
@@ -80,9 +101,8 @@ class RunLogger:
         """
         if not self.enabled:
             return
-        experiment, start, end = hparams_summary(dict(hparams), dict(metrics))
         file_writer = self.writer._get_file_writer()
-        for summary in (experiment, start, end):
+        for summary in hparams_summaries(hparams, metrics):
             file_writer.add_summary(summary, step)
 
     def flush(self) -> None:
@@ -92,6 +112,26 @@ class RunLogger:
     def close(self) -> None:
         if self.enabled:
             self.writer.close()
+
+
+def hparams_summaries(hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> list:
+    """torch's hparams summaries, with booleans stored as booleans (torch files them as the numbers 0 and 1)."""
+    from tensorboard.plugins.hparams.api_pb2 import DataType
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    booleans = {k: v for k, v in hparams.items() if isinstance(v, bool)}
+    summaries = hparams_summary({k: int(v) if k in booleans else v for k, v in hparams.items()}, dict(metrics))
+    for summary in summaries[:2]:  # the experiment (the columns) and the session start (this run's values)
+        metadata = summary.value[0].metadata.plugin_data
+        data = HParamsPluginData.FromString(metadata.content)
+        for info in data.experiment.hparam_infos:
+            if info.name in booleans:
+                info.type = DataType.DATA_TYPE_BOOL
+        for name, value in booleans.items():
+            if data.HasField("session_start_info"):
+                data.session_start_info.hparams[name].bool_value = value
+        metadata.content = data.SerializeToString()
+    return list(summaries)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

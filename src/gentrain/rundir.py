@@ -32,7 +32,7 @@ LOCK_FILE = ".gentrain.lock"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp: how gentrain writes files atomically
 # The settings a saved override may set when a run is resumed: gentrain's schema, never hydra.* or _target_.
-REPLAYED_ROOTS = ("model", "dataset", "trainer", "metrics", "seed", "experiment")
+REPLAYED_ROOTS = ("model", "dataset", "trainer", "metrics", "seed", "name", "experiment")
 CONFIG_GROUPS = ("model", "dataset", "trainer", "experiment")
 
 
@@ -234,9 +234,10 @@ class RunDirectory:
     Only the writing process (rank 0 under torchrun) locks, cleans and writes; the others only read.
     """
 
-    def __init__(self, path: Path, *, writer: bool = True):
+    def __init__(self, path: Path, *, writer: bool = True, log_format: str = LOG_FORMAT):
         self.path = path
         self.writer = writer
+        self.log_format = log_format
         self.committed = False
         self.had_run = self.holds_run()
         self._lock = RunLock(path)
@@ -268,7 +269,7 @@ class RunDirectory:
         for name, text in files.items():
             write_text_atomic(self.path / name, text)
         handler = logging.FileHandler(self.path / "train.log")
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(logging.Formatter(self.log_format))
         root = logging.getLogger()
         root.addHandler(handler)
         if self._buffer is not None:

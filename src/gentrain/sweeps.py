@@ -43,19 +43,29 @@ def _main_value(job: dict[str, Any]) -> float:
     return float(job["val"].get(job["main_metric"], math.inf))
 
 
+def swept_settings(jobs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]]]:
+    """-> the keys whose values differ between the jobs (their overrides), and each job's key -> value."""
+    settings = [dict(o.split("=", 1) for o in job.get("overrides", []) if "=" in o) for job in jobs]
+    keys = sorted({k for s in settings for k in s})
+    differing = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    return differing, settings
+
+
 def summary_rows(jobs: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """-> header and rows of raw values, best first by the validation main metric (every main metric is minimised)."""
+    """-> header and rows of raw values, best first by the validation main metric (every main metric is minimised):
+    one column per swept key, then status, metrics, wall time and error."""
     ordered = sorted(jobs, key=_main_value)
+    swept, settings = swept_settings(ordered)
     main_metrics = sorted({j["main_metric"] for j in jobs if j["status"] == "finished"})
     test_keys = sorted({k for j in jobs if j["status"] == "finished" for k in j["test"]})
-    header = ["job", "overrides", "status"] + [f"val/{m}" for m in main_metrics] + [f"test/{k}" for k in test_keys] \
+    header = ["job", *swept, "status"] + [f"val/{m}" for m in main_metrics] + [f"test/{k}" for k in test_keys] \
         + ["wall_s", "error"]
     rows = []
-    for job in ordered:
+    for job, values in zip(ordered, settings):
         val, test = (job["val"], job["test"]) if job["status"] == "finished" else ({}, {})
         number = job.get("job") if job.get("job") is not None else job["dir"].name
         rows.append(
-            [number, " ".join(job.get("overrides", [])), job["status"]]
+            [number, *(values.get(k, "") for k in swept), job["status"]]
             + [val.get(m) for m in main_metrics]
             + [test.get(k) for k in test_keys]
             + [job.get("wall_seconds"), job.get("error", "")]

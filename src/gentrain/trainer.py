@@ -16,12 +16,11 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gentrain import distributed
 from gentrain.checkpoint import CheckpointManager, all_finite, restore_rng, rng_state
-from gentrain.config import NonFinitePolicy, Precision, TrainerConfig
+from gentrain.config import LRSchedule, NonFinitePolicy, Precision, TrainerConfig
 from gentrain.data.base import ImageDataset
 from gentrain.data.batches import Batch, TrainBatches, eval_batches
 from gentrain.ema import EMA
@@ -30,6 +29,7 @@ from gentrain.errors import CheckpointError, ConfigError, Interrupted, NonFinite
 from gentrain.logger import RunLogger, write_json
 from gentrain.models.base import GenerativeModel, LossOutput, Update
 from gentrain.optim import build_optimizer, build_scheduler
+from gentrain.progress import Progress
 from gentrain.runtime import autocast, check_precision, peak_memory_mb
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class Trainer:
         identity: dict[str, Any],
         hparams: dict[str, Any],
         sample_metrics: Optional[SampleMetrics] = None,
+        config_text: str = "",
     ):
         check_precision(cfg.precision, device)
         self.cfg = cfg
@@ -72,6 +73,7 @@ class Trainer:
         self.run_dir = run_dir
         self.identity = identity  # model name, model config and data shape: checked when a checkpoint loads
         self.hparams = hparams
+        self.config_text = config_text  # the composed config, for TensorBoard's Text tab
         self.model = model.to(device)
         if self._use_channels_last(cfg, model, device):
             # NHWC weights let cuDNN use its tensor-core kernels; activations follow the weights' layout. On CPU
@@ -152,10 +154,6 @@ class Trainer:
             return convolutional and device.type == "cuda"
         return cfg.channels_last and convolutional
 
-    @property
-    def _bar_disabled(self) -> Optional[bool]:
-        return None if self.cfg.progress_bar else True  # None: tqdm shows bars only on a terminal
-
     # --- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -163,10 +161,15 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, purge_step=self.step + 1 if self.step else None,
                                 enabled=self.parallel.is_main)
         log.info("training on %s (%s) for %s", self.device, cfg.precision.value, self._limits_text())
+        if self.config_text:
+            self.logger.text("config", f"```yaml\n{self.config_text}```")
         self._started = time.monotonic() - 60.0 * self.minutes_before_resume
-        bar = tqdm(total=self.planned_steps, initial=self.step, desc="train", unit="step",
-                   disable=self._bar_disabled if self.parallel.is_main else True, dynamic_ncols=True)
-        with logging_redirect_tqdm(), bar, self._stop_on_signals():
+        # A bar on a terminal; elsewhere a line at the logging steps, at most every trainer.log_seconds.
+        progress = Progress(self.planned_steps, "train", "step", initial=self.step, leave=True,
+                            bar=cfg.progress_bar and self.parallel.is_main, lines_on_update=False,
+                            interval=cfg.log_seconds if self.parallel.is_main else math.inf)
+        first_step = True
+        with logging_redirect_tqdm(), progress, self._stop_on_signals():
             while True:
                 time_is_up, signalled = self._stop_requests()
                 if signalled:
@@ -180,9 +183,12 @@ class Trainer:
                 self.train_seconds += elapsed
                 self._window_steps += 1
                 self._window_seconds += elapsed
-                bar.update(1)
+                progress.update()
                 if self.step % cfg.log_every == 0:
-                    bar.set_postfix(self._log_train(), refresh=False)
+                    progress.set_postfix(self._postfix(self._log_train()))
+                elif first_step:  # numbers on the bar from the first step on, not only after log_every steps
+                    progress.set_postfix(self._postfix(self._window_means()), line=False)
+                first_step = False
                 if self._step_limit_reached():
                     break  # the final evaluation follows
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
@@ -299,22 +305,32 @@ class Trainer:
         return False
 
     # --- logging --------------------------------------------------------------------------------------
-    def _log_train(self) -> dict[str, str]:
-        values = {f"train/{name}": float(torch.stack(vs).mean()) for name, vs in self._window.items()}
-        for name, optimizer in self.optimizers.items():
-            values[f"lr/{name}"] = optimizer.param_groups[0]["lr"]
-        images_per_sec = self._window_steps * self.cfg.batch_size / max(self._window_seconds, 1e-9)
-        values["perf/images_per_sec"] = images_per_sec
+    def _window_means(self) -> dict[str, float]:
+        """train/<term> means and images/s of the steps since the last log (one device sync)."""
+        names = list(self._window)
+        means = torch.stack([torch.stack(self._window[n]).mean() for n in names]).tolist() if names else []
+        values = {f"train/{name}": mean for name, mean in zip(names, means)}
+        values["perf/images_per_sec"] = self._window_steps * self.cfg.batch_size / max(self._window_seconds, 1e-9)
+        return values
+
+    def _log_train(self) -> dict[str, float]:
+        values = self._window_means()
+        if self.cfg.lr_schedule is not LRSchedule.constant or self.cfg.warmup_steps:  # constant: nothing to plot
+            for name, optimizer in self.optimizers.items():
+                values[f"lr/{name}"] = optimizer.param_groups[0]["lr"]
         values["perf/max_memory_mb"] = peak_memory_mb(self.device)
         values["train/epoch"] = self.batches.epoch + self.batches.position / self.batches.steps_per_epoch
         if self.nonfinite_skipped:
             values["train/nonfinite_steps_skipped"] = self.nonfinite_skipped
         self.logger.scalars(values, self.step)
         self._window, self._window_steps, self._window_seconds = {}, 0, 0.0
-        postfix = {"loss": f"{values.get('train/loss', float('nan')):.4g}", "img/s": f"{images_per_sec:.0f}"}
-        if "train/bits_per_dim" in values:
-            postfix["bpd"] = f"{values['train/bits_per_dim']:.4f}"
-        return postfix
+        return values
+
+    def _postfix(self, values: dict[str, float]) -> dict[str, str]:
+        """The model's main training numbers and the speed, for the bar and the progress lines."""
+        shown = {name: f"{values[f'train/{name}']:.4g}" for name in self.model.progress_terms
+                 if f"train/{name}" in values}
+        return {**shown, "img/s": f"{values['perf/images_per_sec']:,.0f}"}
 
     # --- evaluation -----------------------------------------------------------------------------------
     def _evaluate_and_save(self) -> dict[str, float]:

@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
 
+from gentrain.progress import Progress
 from gentrain.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,10 @@ def download(urls: Sequence[str], destination: Path, md5: str | None) -> Path:
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {destination.name}") as bar:
+                with Progress(total, f"download {destination.name}", "B") as progress:
                     for chunk in iter(lambda: response.read(1 << 20), b""):
                         out.write(chunk)
-                        bar.update(len(chunk))
+                        progress.update(len(chunk))
             if md5 is not None:
                 actual = md5sum(tmp)
                 if actual != md5:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
+from gentrain.progress import track
 from gentrain.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def decode_images(paths: Sequence[Path], size: int, crop: Optional[int], channel
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
-        for i, array in enumerate(tqdm(pool.map(load, paths), total=len(paths), desc=desc, unit="img")):
+        for i, array in enumerate(track(pool.map(load, paths), desc, total=len(paths), unit="img")):
             if array is not None:
                 out[i] = array
     if failures:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from gentrain.progress import track
 from gentrain.config import FeatureClassifierConfig
 from gentrain.data.base import ImageDataset, ImageSplit
 from gentrain.errors import ConfigError
@@ -105,7 +105,7 @@ def train_classifier(
         classifier = FeatureClassifier(dataset.info.channels, dataset.num_classes, cfg).to(device)
         optimizer = torch.optim.Adam(classifier.parameters(), lr=cfg.lr)
         classifier.train()
-        for _ in tqdm(range(cfg.steps), desc="train FID classifier", unit="step", disable=None if progress else True):
+        for _ in track(range(cfg.steps), "train the FID classifier", unit="step", bar=progress):
             index = torch.randint(len(train), (min(cfg.batch_size, len(train)),))
             images = real_to_uint8(train.images[index].to(device), dataset.levels)
             loss = F.cross_entropy(classifier(images), train.labels[index].to(device))

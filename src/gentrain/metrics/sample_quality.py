@@ -26,7 +26,6 @@ from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from gentrain.config import FeatureExtractorName, FIDConfig
 from gentrain.data.base import ImageDataset, ImageSplit, binarize_images
@@ -36,6 +35,7 @@ from gentrain.metrics.cache import cached
 from gentrain.metrics.classifier import load_or_train_classifier, split_fingerprint
 from gentrain.metrics.features import FeatureExtractor, generated_to_uint8, load_inception, real_to_uint8
 from gentrain.models.base import GenerativeModel
+from gentrain.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class SampleQuality:
     def _real_feature_batches(self, images: Tensor, desc: str) -> Iterator[Tensor]:
         """Features of dataset images, batch by batch, on the metrics device."""
         batches = range(0, len(images), self.cfg.batch_size)
-        for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if self.progress else True):
+        for start in track(batches, desc, unit="batch", bar=self.progress):
             batch = images[start : start + self.cfg.batch_size].to(self.device)
             yield self.extractor(real_to_uint8(batch, self.levels)).float()
 
@@ -155,8 +155,8 @@ class SampleQuality:
         generator = torch.Generator(device=model.device).manual_seed(self.seed + SAMPLE_SEED_OFFSET)
         conditional = bool(getattr(model, "conditional", False))
         features = []
-        for start in tqdm(range(0, n, self.cfg.batch_size), desc=f"sample {n} for FID", unit="batch", leave=False,
-                          disable=None if self.progress else True):
+        for start in track(range(0, n, self.cfg.batch_size), f"FID: sample {n} images", unit="batch",
+                           bar=self.progress):
             count = min(self.cfg.batch_size, n - start)
             labels = torch.arange(start, start + count, device=model.device) % model.data.num_classes if conditional else None
             images = model.sample(count, labels=labels, generator=generator)

@@ -15,8 +15,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from gentrain.progress import track
 from gentrain.config import OptimizerConfig, setting
 from gentrain.data.base import DataInfo
 from gentrain.data.batches import Batch
@@ -165,7 +165,7 @@ class AutoregressiveModel(LikelihoodModel):
         # Per sub-pixel outputs draw colour c after colours < c are known; a mixture draws the whole pixel.
         colour_steps = [slice(c, c + 1) for c in range(self.data.channels)] if self.per_subpixel else [slice(None)]
         rows_above, columns_aside = self.network.reach
-        for i in tqdm(range(first_row, height), desc=desc, unit="row", leave=False, disable=None):
+        for i in track(range(first_row, height), desc, unit="row"):
             top = max(0, i - rows_above)
             for j in range(width):
                 left, right = max(0, j - columns_aside), min(width, j + columns_aside + 1)

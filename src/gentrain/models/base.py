@@ -47,9 +47,13 @@ class GenerativeModel(nn.Module):
 
     config_class: ClassVar[type]
     main_metric: ClassVar[str] = "bits_per_dim"  # minimised; logged as val/<name> and returned to sweepers
+    progress_terms: ClassVar[tuple[str, ...]] = ("loss",)  # logged terms shown on the progress bar and lines
     # Config keys that change how the model is trained or evaluated but not what its weights mean: they may
     # differ between a checkpoint and the run that loads it (optimizer settings always may).
     mutable_settings: ClassVar[frozenset[str]] = frozenset()
+    # Config keys that set what the end-of-run evaluation costs (the VAE's iw_samples): trainer=debug shrinks them
+    # (configs/trainer_model/debug_<model>.yaml), and a test checks that it does for every model.
+    evaluation_budget: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, data: DataInfo):
         super().__init__()
@@ -67,6 +71,10 @@ class GenerativeModel(nn.Module):
         """Per-image values (first dimension B) to average over a split. `final` marks the last test pass,
         where expensive bounds (e.g. importance-weighted) are computed."""
         raise NotImplementedError
+
+    def evaluation_text(self, final: bool) -> str:
+        """What evaluate() computes, for progress bars and the log ('bits/dim', 'IW bound k=100')."""
+        return "metrics"
 
     def summarize(self, means: dict[str, Tensor]) -> dict[str, float]:
         """Turn split-wide means of evaluate()'s outputs into metrics (default: the scalar ones)."""

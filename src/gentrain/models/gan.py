@@ -143,6 +143,7 @@ class GAN(GenerativeModel):
     """The parts every GAN shares. Subclasses implement critic_loss and generator_loss."""
 
     main_metric = "fid"
+    progress_terms = ("critic_loss", "generator_loss")
     model_name = "gan"
     mutable_settings = frozenset({"critic_steps", "instance_noise", "instance_noise_decay_steps", "loss", "clip_value",
                                   "gp_weight"})
@@ -205,6 +206,9 @@ class GAN(GenerativeModel):
 
     def ema_module(self) -> nn.Module:
         return self.generator
+
+    def evaluation_text(self, final: bool) -> str:
+        return "critic scores"
 
     # --- sampling -----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -20,16 +20,21 @@ class LikelihoodModel(GenerativeModel):
         """-log p(x) in nats per image, (B,)."""
         raise NotImplementedError
 
+    progress_terms = ("bits_per_dim",)
+
     def loss(self, batch: Batch, step: int) -> LossOutput:
         nll = self.nll_nats(batch)
         bpd = bits_per_dim(nll, self.data.num_dims).mean()
-        return LossOutput(bpd, {"loss": bpd.detach(), "bits_per_dim": bpd.detach(), "nll_nats": nll.mean().detach()})
+        return LossOutput(bpd, {"bits_per_dim": bpd.detach(), "nll_nats": nll.mean().detach()})  # the loss is bpd
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
         return {"model": OptimizerSpec(self.parameters(), self.cfg.optim)}
 
     def updates(self) -> list[Update]:
         return [Update("model", self.loss)]
+
+    def evaluation_text(self, final: bool) -> str:
+        return "bits/dim"
 
     def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
         nll = self.nll_nats(batch)

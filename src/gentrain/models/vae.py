@@ -115,6 +115,8 @@ class VAE(GenerativeModel):
     """A Gaussian-latent VAE with a convolutional or MLP encoder/decoder."""
 
     config_class = VAEConfig
+    progress_terms = ("neg_elbo_nats", "bits_per_dim")
+    evaluation_budget = frozenset({"iw_samples"})
     mutable_settings = frozenset({"beta", "kl_warmup_steps", "iw_samples"})
 
     def __init__(self, cfg: VAEConfig, data: DataInfo):
@@ -180,17 +182,17 @@ class VAE(GenerativeModel):
         beta = self.beta_at(step)
         neg_elbo = (recon + kl).mean()
         loss = (recon + beta * kl).mean()
-        return LossOutput(
-            loss,
-            {
-                "loss": loss.detach(),
-                "neg_elbo_nats": neg_elbo.detach(),
-                "recon_nats": recon.mean().detach(),
-                "kl_nats": kl.mean().detach(),
-                "bits_per_dim": bits_per_dim(neg_elbo.detach(), self.data.num_dims),
-                "beta": torch.tensor(beta),
-            },
-        )
+        logs = {
+            "neg_elbo_nats": neg_elbo.detach(),
+            "recon_nats": recon.mean().detach(),
+            "kl_nats": kl.mean().detach(),
+            "bits_per_dim": bits_per_dim(neg_elbo.detach(), self.data.num_dims),
+        }
+        if self.cfg.beta != 1.0 or self.cfg.kl_warmup_steps:  # otherwise the loss is the negative ELBO
+            logs["loss"] = loss.detach()
+        if self.cfg.kl_warmup_steps:  # otherwise beta is constant
+            logs["beta"] = torch.tensor(beta)
+        return LossOutput(loss, logs)
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
         return {"model": OptimizerSpec(self.parameters(), self.cfg.optim)}
@@ -219,6 +221,11 @@ class VAE(GenerativeModel):
             log_px = self.likelihood.log_prob(params, x.repeat(m, 1, 1, 1)).view(m, -1)
             log_weights.append(log_px + log_prior - log_q)
         return -(torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k))
+
+    def evaluation_text(self, final: bool) -> str:
+        if final and self.cfg.iw_samples > 1:
+            return f"negative ELBO and IW bound k={self.cfg.iw_samples}"
+        return "negative ELBO"
 
     def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
         recon, kl, mu = self._terms(batch)
