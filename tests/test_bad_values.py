@@ -69,7 +69,7 @@ def refused_values(f: dataclasses.Field, default: Any) -> list[str]:
     if rule.min_items:
         values.append([])
     if rule.pattern:
-        values.append(["not-a-url"] if kind.startswith("list") else "no-such-device")
+        values.append(["not/a url!"] if kind.startswith("list") else "not/a name!")
     if rule.path:
         values.append(NO_SUCH_PATH)
     if "str" not in kind and "Any" not in kind:

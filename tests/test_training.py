@@ -43,7 +43,7 @@ def test_gentrain_command_writes_a_complete_run(tmp_path: Path, shared_data: Pat
         assert tag in tags["scalars"], tag
     # No duplicates (the loss is the negative ELBO at beta = 1) and no constants (beta, a constant lr).
     assert not {"train/loss", "train/beta", "lr/model"} & set(tags["scalars"])
-    assert {"samples", "reconstructions", "interpolations"} <= set(tags["images"])
+    assert {"images/samples", "images/reconstructions", "images/interpolations"} <= set(tags["images"])
     assert "_hparams_/experiment" in EventAccumulator(str(run_dir)).Reload().PluginTagToContent("hparams")
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
