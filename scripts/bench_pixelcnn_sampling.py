@@ -19,8 +19,8 @@ import time
 import torch
 
 from gentrain.composition import compose, to_config
-from gentrain.data.base import DataInfo
-from gentrain.models import build_model
+from gentrain.data.schemas import DataInfo
+from gentrain.composition import build_model
 
 MNIST = DataInfo(channels=1, height=28, width=28, levels=256, num_classes=10)
 

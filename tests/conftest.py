@@ -58,7 +58,7 @@ def compose_config(*overrides: str) -> DictConfig:
 
 def train_in_process(run_dir: Path, *overrides: str) -> dict:
     """Train as the CLI would (same wiring), in this process: fast enough for many small runs."""
-    from gentrain.cli import train
+    from gentrain.run import train
 
     cfg = compose_config(f"dataset.root={SHARED_DATA}", "trainer.progress_bar=false", *overrides)
     run_dir.mkdir(parents=True, exist_ok=True)

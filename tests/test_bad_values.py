@@ -19,12 +19,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from synthetic import write_image_folder
 
-from gentrain import cli
+import gentrain.run
 from gentrain.composition import to_config
 from gentrain.config import Config, Rule, problems
-from gentrain.data import DATASETS
 from gentrain.errors import one_line
-from gentrain.models import MODELS
+from gentrain import registry
 
 NO_SUCH_PATH = "/nonexistent/gentrain-test-path"
 
@@ -81,10 +80,10 @@ def selections(tmp_folder: Path) -> Iterator[tuple[list[str], Any, str]]:
     """(overrides choosing the model and dataset, the schema instance, its key prefix) for every schema."""
     folder = [f"dataset.path={tmp_folder}"]
     yield ["model=vae", "dataset=mnist"], Config(model=None, dataset=None), ""
-    for name, model in MODELS.items():
-        yield [f"model={name}", "dataset=mnist"], model.config_class(), "model."
-    for name, entry in DATASETS.items():
-        yield ["model=vae", f"dataset={name}", *(folder if name == "folder" else [])], entry.config_class(), "dataset."
+    for name, options in registry.configs("model").items():
+        yield [f"model={name}", "dataset=mnist"], options(), "model."
+    for name, options in registry.configs("dataset").items():
+        yield ["model=vae", f"dataset={name}", *(folder if name == "folder" else [])], options(), "dataset."
 
 
 def cases(tmp_folder: Path) -> list[tuple[list[str], str, str]]:
@@ -168,7 +167,7 @@ def test_a_bug_is_not_a_user_error(tmp_path: Path, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "train", broken)
+    monkeypatch.setattr(gentrain.run, "train", broken)
     with pytest.raises(ZeroDivisionError):
         gentrain_in_process("trainer=debug", run_dir=tmp_path / "run")
 

@@ -14,7 +14,8 @@ import torch
 from synthetic import write_celeba, write_cifar10, write_image_folder, write_mnist
 
 import gentrain.data.images as images_module
-from gentrain.data import Binarize, load_dataset
+from gentrain.composition import load_dataset
+from gentrain.data.schemas import Binarize
 from gentrain.data.batches import TrainBatches, eval_batches
 from gentrain.data.celeba import CelebAConfig, CelebALabels
 from gentrain.data.cifar10 import CIFAR10Config

@@ -16,12 +16,13 @@ from torch import nn
 
 from gentrain.composition import to_config
 from gentrain.config import OptimizerName
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
-from gentrain.models import build_model
+from gentrain.composition import build_model
 from gentrain.models.wgan import gradient_penalty
 from gentrain.optim import build_optimizer
+from gentrain.update import Updater
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,23 +39,18 @@ def random_batch(n: int = 16, info: DataInfo = MNIST_INFO) -> Batch:
 
 
 def train_steps(model, steps: int, check_after_critic_step=None, lr: float | None = None) -> None:
-    """Run the model's updates the way the trainer does (the other network frozen is irrelevant here)."""
+    """Run the model's updates with the trainer's own update machinery (gentrain/update.py)."""
     specs = model.optimizer_specs()
     optimizers = {name: build_optimizer(spec.params, spec.config, lr, torch.device("cpu")) for name, spec in specs.items()}
+    updater = Updater(model, optimizers, device=torch.device("cpu"))
+    if check_after_critic_step is not None:
+        critic_update = next(u for u in updater.updates if u.optimizer == "critic")
+        after_step = critic_update.after_step
+        critic_update.after_step = lambda: (after_step(), check_after_critic_step())
     torch.manual_seed(0)
     for step in range(steps):
-        batch = random_batch()
-        for update in model.updates():
-            if step % update.every:
-                continue
-            out = update.loss(batch, step)
-            optimizers[update.optimizer].zero_grad()
-            out.loss.backward()
-            optimizers[update.optimizer].step()
-            if update.after_step is not None:
-                update.after_step()
-            if update.optimizer == "critic" and check_after_critic_step is not None:
-                check_after_critic_step()
+        updater.step(random_batch(), step)
+    assert updater.skipped == 0
 
 
 # --- the Lipschitz constraints ------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import compose_config, run_cli, train_in_process
 from gentrain.composition import to_config
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
-from gentrain.models import build_model
+from gentrain.composition import build_model
 
 TINY = {
     "pixelcnn": ["model.hidden_channels=16", "model.num_layers=2", "model.head_channels=16"],

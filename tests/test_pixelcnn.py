@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogisticMixture
 from gentrain.config import problems

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.config import problems
 from gentrain.errors import ConfigError

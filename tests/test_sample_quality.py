@@ -16,7 +16,7 @@ from synthetic import write_mnist
 from torch import Tensor
 
 from gentrain.config import FeatureClassifierConfig, FIDConfig
-from gentrain.data import load_dataset
+from gentrain.composition import load_dataset
 from gentrain.data.base import ImageDataset, ImageSplit
 from gentrain.data.mnist import MNISTConfig
 from gentrain.errors import ConfigError

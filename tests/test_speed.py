@@ -13,9 +13,9 @@ from conftest import REPO, compose_config, train_in_process
 
 from gentrain.checkpoint import load_checkpoint
 from gentrain.composition import to_config
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
-from gentrain.models import build_model
+from gentrain.composition import build_model
 
 QUICK = ("trainer=debug", "model.iw_samples=4", "trainer.eval_limit=100", "trainer.num_samples=4")
 

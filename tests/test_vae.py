@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
 from gentrain.models.vae import VAE, VAEArch, VAEConfig, VAELikelihood, conv_downsamplings

@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 from gentrain.composition import compose, to_config
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.cifar10 import CIFAR10Config
 from gentrain.data.mnist import MNISTConfig
 from gentrain.data.batches import Batch
-from gentrain.models import build_model
+from gentrain.composition import build_model
 
 
 class CIFAR10Batches(Dataset):

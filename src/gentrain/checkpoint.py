@@ -104,15 +104,16 @@ def resume_source(source: Optional[str], run_dir: Path) -> Optional[Path]:
     return path
 
 
-def check_identity(
-    state: dict[str, Any], expected: dict[str, Any], path: Path, mutable: frozenset[str] = frozenset()
-) -> None:
+def check_identity(state: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint of another model, model config or data shape, saying which, before loading weights.
 
-    `expected` holds "model" (the registry name), "model_config" (a plain dict) and, when known, "data".
-    Optimizer settings and the `mutable` keys (the model's mutable_settings) may differ: a run may continue
+    `expected` is composition.identity(): "model" (the name), "model_config" (a plain dict) and "data".
+    Optimizer settings and the keys the model's config class declares `mutable` may differ: a run may continue
     with another learning rate, or be evaluated with more importance samples.
     """
+    from gentrain import registry
+
+    mutable = getattr(registry.configs("model").get(expected["model"]), "mutable", frozenset())
     saved = state.get("identity", {})
     if saved.get("model") != expected["model"]:
         raise CheckpointError(f"{path} is a checkpoint of model '{saved.get('model')}', but this run trains '{expected['model']}'")

@@ -1,4 +1,5 @@
-"""The `gentrain` command: compose the config with Hydra, build model, data and trainer, and fit.
+"""The `gentrain` command: the Hydra entry point. One run's body is run.py's; this file turns the command line
+into Hydra's arguments (resumes, torchrun ranks), answers --help and --version quickly, and keeps the exit contract.
 
 Exit statuses are errors.py's contract: a user error (a bad value, Hydra's own composition errors, missing data,
 a run directory in use...) prints one line on stderr and exits with 2; a signal exits with 128 + its number; a
@@ -14,17 +15,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import os
 import re
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator
 
 from gentrain import distributed
 from gentrain.errors import (
-    USER_FULL_ERROR, GentrainError, Preempted, RunDirectoryError, Stopped, exit_statuses, full_errors, is_user_error,
-    one_line,
+    USER_FULL_ERROR, GentrainError, RunDirectoryError, exit_statuses, full_errors, is_user_error, one_line,
 )
 
 log = logging.getLogger("gentrain")
@@ -34,132 +32,33 @@ log = logging.getLogger("gentrain")
 _failure: list[BaseException] = []
 
 
-def train(cfg: Any, run_dir: Path, *, before_training: Callable[[], None] = lambda: None,
-          parallel_jobs: int = 1, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Build everything a config describes, train it in `run_dir`, and return the final metrics.
-
-    Every check comes first, in order of cost: values, then the model against the shape the data will have,
-    then the checkpoint to resume from, then the data itself. `before_training` runs once they all passed.
-    `parallel_jobs`: jobs of a sweep running at once on this machine (they share its cores); `overrides`: the
-    command line's, shown in TensorBoard's HPARAMS tab.
-    """
-    from omegaconf import OmegaConf
-
-    from gentrain.checkpoint import check_identity, load_checkpoint, resume_source
-    from gentrain.composition import to_config
-    from gentrain.data import expected_info, load_dataset, resolve_root
-    from gentrain.logger import run_hparams
-    from gentrain.metrics.sample_quality import build_sample_quality
-    from gentrain.models import build_model, model_name
-    from gentrain.runtime import check_precision, configure_threads, local_processes, pick_device, seed_everything
-    from gentrain.trainer import Trainer
-
-    config = to_config(cfg)
-    device = pick_device(config.trainer.device)
-    check_precision(config.trainer.precision, device)
-    configure_threads(config.trainer.num_threads, local_processes(parallel_jobs))
-    parallel = distributed.context()
-    if parallel.enabled:
-        log.info("distributed: rank %d of %d processes, %s backend", parallel.rank, parallel.world_size, parallel.backend)
-    # Each process draws its own noise; model initialisation is rank 0's (DDP broadcasts it).
-    seed_everything(config.seed + parallel.rank, config.trainer.deterministic)
-    info = expected_info(config.dataset)
-    model = build_model(config.model, info)
-    name = model_name(config.model)
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    identity = {"model": name, "model_config": container["model"], "data": info.__dict__}
-    resume_from = resume_source(config.trainer.resume, run_dir)
-    state = None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device, for_training=True)
-        check_identity(state, identity, resume_from, type(model).mutable_settings)
-    elif config.trainer.resume == "auto":
-        log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", run_dir / "checkpoints")
-
-    dataset = load_dataset(config.dataset)
-    log.info("data: %s", dataset.describe())
-    log.info("model: %s with %s parameters", name, f"{sum(p.numel() for p in model.parameters()):,}")
-    # Before the trainer: missing Inception weights or an unusable metrics config stop the run here.
-    # Under torchrun the main process alone scores samples.
-    sample_metrics = build_sample_quality(
-        config.metrics.fid, model=model, dataset=dataset, data_root=resolve_root(getattr(config.dataset, "root", None)),
-        device=device, seed=config.seed, progress=config.trainer.progress_bar,
-    ) if parallel.is_main else None
-    trainer = Trainer(
-        model, dataset, config.trainer, run_dir=run_dir, device=device, seed=config.seed,
-        identity=identity, hparams=run_hparams(container, list(overrides), name, dataset.name),
-        sample_metrics=sample_metrics, config_text=OmegaConf.to_yaml(cfg),
-    )
-    if state is not None:
-        trainer.load_state_dict(state, resume_from)
-    before_training()
-    return trainer.fit()
-
-
-def _run_files(cfg: Any) -> dict[str, str]:
-    """What Hydra would have written into .hydra/ (it is told not to: rundir.py writes them at commit)."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    hydra_cfg = HydraConfig.get()
-    return {
-        ".hydra/config.yaml": OmegaConf.to_yaml(cfg),
-        ".hydra/hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
-        ".hydra/overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))),
-    }
-
-
 def _task(cfg: Any) -> float:
+    """Hydra's task: one run, or one job of a sweep (whose failure is recorded and does not stop the others)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from gentrain.rundir import LOG_FORMAT, RunDirectory
+    from gentrain.rundir import LOG_FORMAT
+    from gentrain.run import run_in_directory
 
     hydra_cfg = HydraConfig.get()
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    status = {"job": hydra_cfg.job.num if in_sweep else None, "overrides": list(hydra_cfg.overrides.task)}
-    started = time.monotonic()
-    log_format = LOG_FORMAT.replace("][%(name)s", f"][job {hydra_cfg.job.num}][%(name)s") if in_sweep else LOG_FORMAT
-    if in_sweep:  # parallel jobs share a console: each line says whose it is
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    log_format = LOG_FORMAT.replace("][%(name)s", f"][job {hydra_cfg.job.num}][%(name)s") if sweep else LOG_FORMAT
+    if sweep:  # parallel jobs share a console: each line says whose it is
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter(log_format))
-    run = RunDirectory(Path(hydra_cfg.runtime.output_dir), writer=distributed.context().is_main, log_format=log_format)
-
-    def ended(outcome: str, **extra: Any) -> None:
-        run.record(outcome, **status, wall_seconds=round(time.monotonic() - started, 1), **extra)
-
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(run)
-            log.info("overrides: %s", " ".join(status["overrides"]) or "none (the defaults)")
-            result = train(cfg, run.path, before_training=lambda: run.commit(_run_files(cfg)),
-                           parallel_jobs=_parallel_jobs(hydra_cfg) if in_sweep else 1, overrides=status["overrides"])
-        except Stopped as err:
-            ended("preempted" if isinstance(err, Preempted) else "interrupted", error=str(err))
-            log.warning("%s", err, extra={"console": False})
-            raise
-        except Exception as err:
-            user_error = is_user_error(err)
-            if not in_sweep:
-                ended("failed", error=one_line(err))
-                if user_error:
-                    log.error("%s", one_line(err), extra={"console": False})
-                _failure.append(err)
-                return float("nan")
-            if full_errors():
-                raise
-            # A sweep keeps going: the failure goes into this job's status.json (a fresh directory gets its
-            # .hydra/ files too, so the summary can list it), never into a directory another process uses.
-            if not run.committed and not run.had_run and not isinstance(err, RunDirectoryError):
-                run.commit(_run_files(cfg))
-            ended("failed", error=one_line(err))
-            if user_error:
-                log.error("job failed: %s", one_line(err))
-            else:
-                log.exception("job failed: %s", one_line(err))  # keep the traceback in the job's log
+    try:
+        result = run_in_directory(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg, sweep=sweep,
+                                  job=hydra_cfg.job.num if sweep else None, log_format=log_format,
+                                  parallel_jobs=_parallel_jobs(hydra_cfg) if sweep else 1)
+    except Exception as err:
+        if not sweep:
+            _failure.append(err)
             return float("nan")
-        ended("finished", main_metric=result["main_metric"], val=result["val"], test=result["test"])
-    log.info("run directory: %s", run.path)
+        if full_errors():
+            raise
+        if not is_user_error(err):
+            log.exception("job failed: %s", one_line(err))  # keep the traceback in the job's log
+        return float("nan")  # the other jobs of the sweep still run
     return float(result["val"].get(result["main_metric"], float("nan")))
 
 
@@ -207,6 +106,16 @@ def _resume_arguments(argv: list[str]) -> list[str]:
     return [argv[0], *saved, *rest, f"trainer.resume={quote_override(str(path))}", *here]
 
 
+def _check_values_first(arguments: list[str]) -> None:
+    """A single run's config is composed and checked once before Hydra starts the run: a bad value costs one
+    composition (a fraction of a second) and leaves no run directory behind. Sweeps check each job."""
+    if any(a.startswith("-") for a in arguments):  # -m, --cfg, --info, -sc ...: Hydra's own modes
+        return
+    from gentrain.composition import compose, to_config
+
+    to_config(compose([a for a in arguments if "=" in a]))
+
+
 def _rank_arguments(argv: list[str]) -> list[str]:
     """Under torchrun, only rank 0 writes the run's files and log; the others print warnings only."""
     parallel = distributed.context()
@@ -220,17 +129,31 @@ def _rank_arguments(argv: list[str]) -> list[str]:
 @contextlib.contextmanager
 def _hydra_raises() -> Iterator[None]:
     """Let Hydra's exceptions reach exit_statuses() instead of Hydra printing them and exiting with 1."""
-    saved = {name: os.environ.get(name) for name in ("HYDRA_FULL_ERROR", USER_FULL_ERROR)}
-    os.environ[USER_FULL_ERROR] = "1" if full_errors() else "0"
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
+    from gentrain.run_names import environment
+
+    with environment({USER_FULL_ERROR: "1" if full_errors() else "0", "HYDRA_FULL_ERROR": "1"}):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+
+
+def _help(arguments: list[str]) -> str:
+    """Hydra's help template (configs/config.yaml, hydra.help.template) filled in by listing the config folders,
+    instead of Hydra's own listing, which copies every stored config once per group option (seconds of CPU)."""
+    import string
+    from importlib import resources
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from gentrain.composition import CONFIG_MODULE, compose
+
+    configs = resources.files(CONFIG_MODULE)
+    template = yaml.safe_load((configs / "config.yaml").read_text())["hydra"]["help"]["template"]
+    groups = {entry.name: sorted(option.name.removesuffix(".yaml") for option in entry.iterdir()
+                                 if option.name.endswith(".yaml"))
+              for entry in configs.iterdir() if entry.is_dir() and entry.name not in ("hydra", "__pycache__")}
+    listing = "\n".join(f"{group}: {', '.join(options)}" for group, options in sorted(groups.items()) if options)
+    config = OmegaConf.to_yaml(compose([a for a in arguments if "=" in a and not a.startswith("-")]))
+    return string.Template(template).safe_substitute(APP_CONFIG_GROUPS=listing, CONFIG=config)
 
 
 def version() -> str:
@@ -253,11 +176,15 @@ def main() -> None:
         print(f"gentrain {version()}")
         return
     with exit_statuses("gentrain"):
+        if {"--help", "-h"} & set(sys.argv[1:]) and "--hydra-help" not in sys.argv:
+            print(_help(sys.argv[1:]))
+            return
         run_names.set_launch_time(datetime.datetime.now())
         register()
         distributed.init_from_environment()
         try:
             sys.argv = _rank_arguments(_resume_arguments(sys.argv))
+            _check_values_first(sys.argv[1:])
             with _hydra_raises(), run_names.fixed_for_this_command(sys.argv[1:]):
                 hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(_task)()
             if _failure:

@@ -22,7 +22,8 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from gentrain.config import DEVICE_PATTERN, SEED_MAX, SIZE_MAX, setting
-from gentrain.data import load_dataset, resolve_root
+from gentrain.composition import load_dataset
+from gentrain.data.schemas import resolve_root
 from gentrain.errors import ConfigError
 from gentrain.evaluation import Evaluator
 from gentrain.logger import RunLogger, write_json

@@ -26,7 +26,7 @@ import torch
 from omegaconf import MISSING
 
 from gentrain.config import DEVICE_PATTERN, SEED_MAX, setting
-from gentrain.data import load_dataset
+from gentrain.composition import load_dataset
 from gentrain.data.batches import Batch, eval_batches
 from gentrain.errors import ConfigError
 from gentrain.evaluation import Evaluator
@@ -58,7 +58,7 @@ class SampleOptions:
 def _labels(run: LoadedRun, value: Any, n: int, device: torch.device) -> Optional[torch.Tensor]:
     if value is None:
         return run.model.default_labels(n)
-    if not getattr(run.model, "conditional", False):
+    if not run.model.conditional:
         raise ConfigError("labels= is for conditional models; this run is not conditional")
     ids = [value] * n if isinstance(value, int) and not isinstance(value, bool) else value
     if (not isinstance(ids, list) or len(ids) != n or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
@@ -70,7 +70,7 @@ def _labels(run: LoadedRun, value: Any, n: int, device: torch.device) -> Optiona
 def _test_images(run: LoadedRun, n: int, device: torch.device) -> Batch:
     """The first n test images (completion and interpolation start from real images)."""
     dataset = load_dataset(run.config.dataset)
-    batch = next(eval_batches(dataset.test, n, use_labels=bool(getattr(run.model, "conditional", False))))
+    batch = next(eval_batches(dataset.test, n, use_labels=run.model.conditional))
     return Batch(batch.x.to(device), None if batch.y is None else batch.y.to(device))
 
 

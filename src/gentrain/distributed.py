@@ -14,12 +14,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Optional
 
 from gentrain import run_names
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported only when there are several processes: a single process (and `gentrain --help`) never pays
+# for torch.distributed here.
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ def init_from_environment() -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1 or _context.enabled:
         return _context
+    import torch
+    import torch.distributed as dist
+
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
@@ -67,13 +73,18 @@ def context() -> Distributed:
 
 
 def shutdown() -> None:
-    if _context.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+    if _context.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over every process, in place (a copy of the value for one process)."""
     if _context.enabled:
+        import torch.distributed as dist
+
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
@@ -82,6 +93,9 @@ def any_process(flags: list[bool], device: torch.device) -> list[bool]:
     """For each flag: is it true on any process? (one small all-reduce when distributed, so all agree)"""
     if not _context.enabled:
         return flags
+    import torch
+    import torch.distributed as dist
+
     values = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return [bool(v) for v in values.tolist()]
@@ -89,4 +103,6 @@ def any_process(flags: list[bool], device: torch.device) -> list[bool]:
 
 def barrier() -> None:
     if _context.enabled:
+        import torch.distributed as dist
+
         dist.barrier()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import signal
@@ -116,6 +117,28 @@ def is_user_error(err: BaseException) -> bool:
     if isinstance(err, GentrainError) or storage_error(err) is not None:
         return True
     return type(err).__module__.split(".")[0] in ("hydra", "omegaconf")
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[list[int]]:
+    """Inside, SIGTERM and SIGINT are noted (in the yielded list) instead of stopping the process, so that a loop
+    can finish its step and save before it exits; a second signal exits at once, without saving."""
+    received: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        if received:
+            print(f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint", flush=True)
+            os._exit(128 + signum)
+        received.append(signum)
+        logging.getLogger("gentrain").warning(
+            "%s received: stopping after the current step (send it again to exit at once)", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

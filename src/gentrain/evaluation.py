@@ -61,7 +61,7 @@ class Evaluator:
         self.ema = ema
         self.sample_metrics = sample_metrics
         self.progress = progress  # bars on a terminal (progress lines elsewhere, always)
-        self.use_labels = bool(getattr(model, "conditional", False))
+        self.use_labels = model.conditional
 
     @contextlib.contextmanager
     def eval_mode(self, seed_offset: int = 1) -> Iterator[None]:

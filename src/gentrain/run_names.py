@@ -88,8 +88,14 @@ def job_dirname(number: Any, job_overrides: Any) -> str:
 def fixed_for_this_command(arguments: Sequence[str]) -> Iterator[None]:
     """Put the launch time and the keys every job of a sweep shares into the environment of every process the command
     starts, and take them out again afterwards (a later command in the same process gets its own)."""
-    values = {LAUNCH_TIME_ENV: _launch_time.isoformat(),
-              CONSTANT_KEYS_ENV: json.dumps(constant_keys(arguments))}
+    with environment({LAUNCH_TIME_ENV: _launch_time.isoformat(),
+                      CONSTANT_KEYS_ENV: json.dumps(constant_keys(arguments))}):
+        yield
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables (inherited by the processes started meanwhile), and restore them afterwards."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:

@@ -19,14 +19,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from gentrain import registry
 from gentrain.checkpoint import CheckpointManager, check_identity, load_checkpoint
-from gentrain.composition import register, to_config
+from gentrain.composition import build_model, identity, register, to_config
 from gentrain.config import Config, problems
-from gentrain.data import DATASETS
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.ema import EMA
 from gentrain.errors import CheckpointError, ConfigError, RunDirectoryError, exit_statuses, one_line
-from gentrain.models import MODELS, GenerativeModel, build_model
+from gentrain.models.base import GenerativeModel
 from gentrain.rundir import read_yaml, require_writable
 
 
@@ -42,14 +42,15 @@ def run_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Config]
         model, dataset = choices["model"], choices["dataset"]
     except (TypeError, KeyError):
         raise RunDirectoryError(f"{hydra_file} does not say which model and dataset the run used") from None
-    if model not in MODELS or dataset not in DATASETS:
+    models, datasets = registry.configs("model"), registry.configs("dataset")
+    if model not in models or dataset not in datasets:
         raise RunDirectoryError(f"{run_dir} was made with a model or dataset this gentrain does not know "
                                 f"({model}, {dataset})")
     if not isinstance(saved, dict):
         raise RunDirectoryError(f"{config_file} is not a config")
     schema = OmegaConf.structured(Config)
-    schema.model = OmegaConf.structured(MODELS[model].config_class)
-    schema.dataset = OmegaConf.structured(DATASETS[dataset].config_class)
+    schema.model = OmegaConf.structured(models[model])
+    schema.dataset = OmegaConf.structured(datasets[dataset])
     try:
         cfg = OmegaConf.merge(schema, OmegaConf.create(saved), OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as err:
@@ -94,11 +95,13 @@ def load_run(run_dir: Path, *, checkpoint: str, overrides: list[str], device: to
     cfg, config = run_config(run_dir, overrides)
     path = find_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path, map_location=device)
-    name = next(n for n, cls in MODELS.items() if type(config.model) is cls.config_class)
-    model_config = OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
-    check_identity(state, {"model": name, "model_config": model_config}, path, MODELS[name].mutable_settings)
     try:
         data = DataInfo(**state["identity"]["data"])
+    except TypeError as err:
+        raise CheckpointError(f"{path} does not record the data's shape: {one_line(err)}") from None
+    model_config = OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
+    check_identity(state, identity(config.model, model_config, data), path)
+    try:
         model = build_model(config.model, data).to(device)
         model.load_state_dict(state["model"])
         ema = None

@@ -39,6 +39,12 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def use_channels_last(requested: Optional[bool], model: torch.nn.Module, device: torch.device) -> bool:
+    """trainer.channels_last: null = on for convolutional models on CUDA; never for models without convolutions."""
+    convolutional = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
+    return convolutional and (device.type == "cuda" if requested is None else requested)
+
+
 def check_precision(precision: Precision, device: torch.device) -> None:
     if precision is Precision.fp16 and device.type != "cuda":
         raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run is on {device.type}); use bf16 or fp32")

@@ -3,76 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
-from enum import Enum
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gentrain.config import SEED_MAX, setting
+from gentrain.data.schemas import Binarize, DataInfo
 from gentrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-IMAGE_SIZE = {"min": 8, "max": 1024}  # the rule of every dataset.image_size: a side in pixels
-URL_PATTERN = r"(https?|ftp|file)://\S+"
-
-
-class Binarize(Enum):
-    none = "none"  # keep the 8-bit values
-    static = "static"  # one seeded Bernoulli draw per image, fixed for the whole run
-    dynamic = "dynamic"  # a fresh draw for every training batch; validation and test use the static draw
-
-
-@dataclass
-class DatasetConfig:
-    """Settings every dataset shares. Subclasses add their own (see mnist.py, cifar10.py, ...)."""
-
-    binarize: Binarize = Binarize.none
-    split_seed: int = setting(0, min=0, max=SEED_MAX)  # seeds held-out splits and static binarization
-
-
-@dataclass
-class OfficialDatasetConfig(DatasetConfig):
-    """A published dataset with known files and checksums."""
-
-    root: Optional[str] = None  # null: $GENTRAIN_DATA, else ./data
-    download: bool = True  # fetch missing files (with a progress bar) and verify their published md5
-    verify: bool = True  # check md5s of a full official set; false loads files that do not match
-
-    def problems(self, prefix: str) -> Iterator[str]:
-        root = resolve_root(self.root)
-        named = f"{prefix}root={self.root}" if self.root else f"the data folder {root} ($GENTRAIN_DATA or ./data)"
-        if root.exists() and not root.is_dir():
-            yield f"{named} is not a folder"
-        elif not root.exists() and not self.download:
-            yield f"{named} does not exist (and {prefix}download=false)"
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a model needs to know about its data to build itself."""
-
-    channels: int
-    height: int
-    width: int
-    levels: int  # 256 for 8-bit images, 2 for binarized ones
-    num_classes: Optional[int]  # classes a conditional model can use; None when the data has none
-
-    @property
-    def num_dims(self) -> int:
-        return self.channels * self.height * self.width
-
-    @classmethod
-    def square(cls, cfg: DatasetConfig, channels: int, side: int, num_classes: Optional[int]) -> "DataInfo":
-        """What a dataset config will load, known before any file is read: models are built and checked first."""
-        levels = 256 if cfg.binarize is Binarize.none else 2
-        return cls(channels, side, side, levels, num_classes)
-
 
 @dataclass
 class ImageSplit:
@@ -113,12 +54,6 @@ class ImageDataset:
             f"{self.name}: {c}x{h}x{w} {kind} images{classes}; "
             f"train {len(self.train)}, val {len(self.val)}, test {len(self.test)}"
         )
-
-
-def resolve_root(root: Optional[str]) -> Path:
-    """dataset.root, else $GENTRAIN_DATA, else ./data (relative paths are taken from the current directory)."""
-    chosen = root or os.environ.get("GENTRAIN_DATA") or "data"
-    return Path(chosen).expanduser().absolute()
 
 
 def hold_out(split: ImageSplit, fraction: float, seed: int) -> tuple[ImageSplit, ImageSplit]:

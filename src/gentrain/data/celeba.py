@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from gentrain.config import setting
-from gentrain.data.base import IMAGE_SIZE, DataInfo, ImageDataset, ImageSplit, OfficialDatasetConfig
+from gentrain.data.base import ImageDataset, ImageSplit
+from gentrain.data.schemas import CelebAConfig, CelebALabels
 from gentrain.data.download import md5sum, missing_files_error
 from gentrain.data.images import cached_arrays, decode_images, file_fingerprint
+from gentrain.registry import loads
 from gentrain.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -35,19 +34,6 @@ GDRIVE_FILES = {
     "identity_CelebA.txt": ("1_ee_0u7vcNLOfNLegJRHmolfH5ICW-XS", "32bd1bd63d3c78cd57e08160ec5ed1e2"),
     "list_attr_celeba.txt": ("0B7EVK8r0v71pblRyaVFSWGxPY0U", "75e246fa4810816ffd6ee81facbd244c"),
 }
-
-
-class CelebALabels(Enum):
-    identity = "identity"  # the person's id (identity_CelebA.txt); not classes for conditioning
-    attributes = "attributes"  # 40 binary attributes (list_attr_celeba.txt)
-    none = "none"
-
-
-@dataclass
-class CelebAConfig(OfficialDatasetConfig):
-    image_size: int = setting(64, **IMAGE_SIZE)
-    crop: Optional[int] = setting(148, min=1, max=4096)  # side of the centre crop before resizing; null = the short side
-    labels: CelebALabels = CelebALabels.identity
 
 
 def _download(folder: Path, name: str) -> None:
@@ -103,10 +89,7 @@ def _read_listing(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def celeba_info(cfg: CelebAConfig) -> DataInfo:
-    return DataInfo.square(cfg, 3, cfg.image_size, None)  # identities and attributes are not classes
-
-
+@loads(CelebAConfig)
 def load_celeba(cfg: CelebAConfig, root: Path) -> ImageDataset:
     folder = root / "celeba"
     labels_file = {

@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from gentrain.config import setting
-from gentrain.data.base import IMAGE_SIZE, DataInfo, URL_PATTERN, OfficialDatasetConfig, ImageDataset, ImageSplit, hold_out
+from gentrain.data.base import ImageDataset, ImageSplit, hold_out
+from gentrain.data.schemas import CIFAR10Config
 from gentrain.data.download import download, extract_tar, md5sum, missing_files_error
 from gentrain.data.images import resize_images
+from gentrain.registry import loads
 from gentrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
-URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 TRAIN_BATCHES = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
@@ -39,13 +37,6 @@ TRAIN_BATCHES = {
 }
 TEST_BATCH = {"test_batch": "40351d587109b95175f43aff81a1287e"}
 FOLDER = "cifar-10-batches-py"
-
-
-@dataclass
-class CIFAR10Config(OfficialDatasetConfig):
-    val_fraction: float = setting(0.1, above=0, below=1)  # share of the training split held out for validation
-    image_size: Optional[int] = setting(None, **IMAGE_SIZE)  # null keeps 32x32
-    url: str = setting(URL, pattern=URL_PATTERN)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -104,10 +95,7 @@ def _ensure_files(folder: Path, cfg: CIFAR10Config) -> list[str]:
     return list(TRAIN_BATCHES)
 
 
-def cifar10_info(cfg: CIFAR10Config) -> DataInfo:
-    return DataInfo.square(cfg, 3, cfg.image_size or 32, 10)
-
-
+@loads(CIFAR10Config)
 def load_cifar10(cfg: CIFAR10Config, root: Path) -> ImageDataset:
     folder = root / FOLDER
     present = _ensure_files(folder, cfg)

@@ -7,16 +7,15 @@ out at random (seeded), since a plain folder has no official split.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
-from omegaconf import MISSING
 
-from gentrain.config import setting
-from gentrain.data.base import IMAGE_SIZE, DataInfo, DatasetConfig, ImageDataset, ImageSplit, hold_out
+from gentrain.data.base import ImageDataset, ImageSplit, hold_out
+from gentrain.data.schemas import FolderConfig
 from gentrain.data.images import cached_arrays, decode_images, file_fingerprint
+from gentrain.registry import loads
 from gentrain.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -24,21 +23,7 @@ log = logging.getLogger(__name__)
 EXTENSIONS = {".png", ".jpg", ".jpeg"}
 
 
-@dataclass
-class FolderConfig(DatasetConfig):
-    path: str = setting(MISSING, path="dir")  # the image folder (required)
-    image_size: int = setting(64, **IMAGE_SIZE)
-    crop: Optional[int] = setting(None, min=1, max=4096)  # centre crop side before resizing; null = the short side
-    channels: int = setting(3, choices=(1, 3))  # 3 = RGB, 1 = greyscale
-    val_fraction: float = setting(0.05, above=0, below=1)
-    test_fraction: float = setting(0.05, above=0, below=1)
-
-    def problems(self, prefix: str) -> Iterator[str]:
-        if self.val_fraction + self.test_fraction >= 1.0:
-            yield f"{prefix}val_fraction + {prefix}test_fraction must be below 1 (nothing would be left to train on)"
-
-
-def _find_images(folder: Path) -> tuple[list[Path], Optional[list[int]], list[str]]:
+def find_images(folder: Path) -> tuple[list[Path], Optional[list[int]], list[str]]:
     """-> image paths, class ids (when every image sits in a class sub-folder) and class names."""
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
     if not paths:
@@ -51,18 +36,13 @@ def _find_images(folder: Path) -> tuple[list[Path], Optional[list[int]], list[st
     return paths, None, []
 
 
-def folder_info(cfg: FolderConfig) -> DataInfo:
-    """Listing the folder (no image is decoded) tells whether it has class sub-folders."""
-    _, _, classes = _find_images(Path(cfg.path).expanduser().absolute())
-    return DataInfo.square(cfg, cfg.channels, cfg.image_size, len(classes) or None)
-
-
+@loads(FolderConfig)
 def load_folder(cfg: FolderConfig, root: Path) -> ImageDataset:
     del root  # a folder dataset names its own path
     folder = Path(cfg.path).expanduser().absolute()
     if not folder.is_dir():
         raise DataError(f"dataset.path={cfg.path} is not a folder")
-    paths, class_ids, classes = _find_images(folder)
+    paths, class_ids, classes = find_images(folder)
     key = {
         "dataset": "folder", "folder": str(folder), "size": cfg.image_size, "crop": cfg.crop,
         "channels": cfg.channels, "files": file_fingerprint(paths),

@@ -10,22 +10,20 @@ from __future__ import annotations
 import gzip
 import logging
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from gentrain.config import setting
-from gentrain.data.base import IMAGE_SIZE, DataInfo, URL_PATTERN, OfficialDatasetConfig, ImageDataset, ImageSplit, hold_out
+from gentrain.data.base import ImageDataset, ImageSplit, hold_out
+from gentrain.data.schemas import MNISTConfig
 from gentrain.data.download import download, md5sum, missing_files_error
 from gentrain.data.images import resize_images
+from gentrain.registry import loads
 from gentrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
-MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
 FILES = {  # name -> md5 of the gzipped file, as published with torchvision
     "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
@@ -33,13 +31,6 @@ FILES = {  # name -> md5 of the gzipped file, as published with torchvision
     "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 IDX_DTYPE = {0x08: np.uint8}
-
-
-@dataclass
-class MNISTConfig(OfficialDatasetConfig):
-    val_fraction: float = setting(0.1, above=0, below=1)  # share of the training split held out for validation
-    image_size: Optional[int] = setting(None, **IMAGE_SIZE)  # null keeps 28x28; 32 or 64 resizes (antialiased)
-    mirrors: list[str] = setting(factory=lambda: list(MIRRORS), min_items=1, pattern=URL_PATTERN)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -82,10 +73,7 @@ def _locate(raw_dir: Path, name: str, cfg: MNISTConfig) -> Path:
     return plain
 
 
-def mnist_info(cfg: MNISTConfig) -> DataInfo:
-    return DataInfo.square(cfg, 1, cfg.image_size or 28, 10)
-
-
+@loads(MNISTConfig)
 def load_mnist(cfg: MNISTConfig, root: Path) -> ImageDataset:
     raw_dir = root / "MNIST" / "raw"
     arrays = {name: read_idx(_locate(raw_dir, name, cfg)) for name in FILES}

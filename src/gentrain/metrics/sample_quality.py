@@ -153,7 +153,7 @@ class SampleQuality:
         """fid, kid and kid_std of cfg.num_samples samples, with the constant floor values alongside."""
         n = self.cfg.num_samples
         generator = torch.Generator(device=model.device).manual_seed(self.seed + SAMPLE_SEED_OFFSET)
-        conditional = bool(getattr(model, "conditional", False))
+        conditional = model.conditional
         features = []
         for start in track(range(0, n, self.cfg.batch_size), f"FID: sample {n} images", unit="batch",
                            bar=self.progress):

@@ -9,46 +9,22 @@ log-probabilities, and bits/dim = NLL / (D ln 2) with nothing left out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from gentrain.progress import track
-from gentrain.config import OptimizerConfig, setting
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogisticMixture, PixelLikelihood
 from gentrain.errors import ConfigError
 from gentrain.models.likelihood import LikelihoodModel
+from gentrain.models.schemas.autoregressive import AutoregressiveConfig, PixelOutput
 from gentrain.nn import pointwise_conv
 
 
-class PixelOutput(Enum):
-    auto = "auto"  # bernoulli for binarized data, softmax for 8-bit data
-    softmax = "softmax"  # a softmax over every pixel value per sub-pixel (the PixelCNN paper)
-    logistic_mixture = "logistic_mixture"  # PixelCNN++'s discretized logistic mixture per pixel
-    bernoulli = "bernoulli"  # one logit per sub-pixel; binarized data only
-
-
-@dataclass
-class AutoregressiveConfig:
-    """Options shared by PixelCNN and Gated PixelCNN (each model sets its own defaults)."""
-
-    hidden_channels: int = setting(64, min=1, max=4096)  # feature maps of every layer
-    num_layers: int = setting(7, min=1, max=1000)  # layers after the first (mask A) one: residual or gated blocks
-    first_kernel_size: int = setting(7, min=3, max=63, odd=True)  # the first layer's k x k receptive field
-    kernel_size: int = setting(3, min=3, max=63, odd=True)  # the later layers' k x k receptive field
-    head_channels: int = setting(256, min=1, max=8192)  # width of the two 1x1 output layers
-    output: PixelOutput = PixelOutput.auto
-    num_mixtures: int = setting(10, min=1, max=100)  # logistic_mixture: components per pixel
-    conditional: bool = False  # a learned per-class bias in every layer
-    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
-
-
-def make_pixel_likelihood(cfg: AutoregressiveConfig, data: DataInfo, model_name: str) -> PixelLikelihood:
+def make_pixel_likelihood(cfg: AutoregressiveConfig, data: DataInfo) -> PixelLikelihood:
     choice = cfg.output
     if choice is PixelOutput.auto:
         choice = PixelOutput.bernoulli if data.levels == 2 else PixelOutput.softmax
@@ -56,7 +32,7 @@ def make_pixel_likelihood(cfg: AutoregressiveConfig, data: DataInfo, model_name:
         if data.levels != 2:
             raise ConfigError(
                 f"model.output=bernoulli needs binarized data, but this dataset has {data.levels} levels: set "
-                f"dataset.binarize=static or dynamic, or model.output=softmax|logistic_mixture ({model_name})"
+                f"dataset.binarize=static or dynamic, or model.output=softmax|logistic_mixture"
             )
         return Bernoulli(data.levels, data.channels)
     if choice is PixelOutput.softmax:
@@ -109,14 +85,12 @@ def layer_biases(class_bias: Optional[Tensor], sizes: list[int]) -> list[Optiona
 class AutoregressiveModel(LikelihoodModel):
     """p(x) = prod_i p(x_i | x_<i) over sub-pixels in raster order, trained by exact maximum likelihood."""
 
-    registry_name: str  # for error messages: "pixelcnn", "gated_pixelcnn"
-
     def __init__(self, cfg: AutoregressiveConfig, data: DataInfo):
         super().__init__(data)
         self.cfg = cfg
         self.conditional = cfg.conditional
-        num_classes = self.require_classes(data, self.registry_name) if cfg.conditional else 0
-        self.likelihood = make_pixel_likelihood(cfg, data, self.registry_name)
+        num_classes = self.require_classes(data) if cfg.conditional else 0
+        self.likelihood = make_pixel_likelihood(cfg, data)
         # Mixture parameters describe a whole pixel, so the network must not see any of it; a per-sub-pixel
         # output lets colour c see colours < c of the current pixel.
         self.per_subpixel = not isinstance(self.likelihood, DiscretizedLogisticMixture)
@@ -177,27 +151,19 @@ class AutoregressiveModel(LikelihoodModel):
                     inputs[:, colours, i, j] = self.network_input(drawn)
         return images
 
-    def _labels_for(self, n: int, labels: Optional[Tensor]) -> Optional[Tensor]:
-        if not self.conditional:
-            return None
-        return self.default_labels(n) if labels is None else labels
-
-    @torch.no_grad()
-    def sample(
-        self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-        temperature: float = 1.0,
-    ) -> Tensor:
-        self.refuse_temperature(temperature)
+    def draw(self, n: int, labels: Optional[Tensor], generator: Optional[torch.Generator],
+             temperature: Optional[float]) -> Tensor:
         d = self.data
         images = torch.zeros(n, d.channels, d.height, d.width, dtype=torch.long, device=self.device)
-        images = self.generate(images, 0, self._labels_for(n, labels), generator)
+        images = self.generate(images, 0, labels, generator)
         return images.float() / (d.levels - 1)
 
     @torch.no_grad()
     def complete(self, batch: Batch, generator: Optional[torch.Generator] = None) -> Tensor:
         """Keep the top half of each image and sample the bottom half -> floats in [0, 1], (B, C, H, W)."""
         images = batch.x.long().clone()
-        images = self.generate(images, self.data.height // 2, self._labels_for(len(batch), batch.y), generator,
+        labels = (batch.y if batch.y is not None else self.default_labels(len(batch))) if self.conditional else None
+        images = self.generate(images, self.data.height // 2, labels, generator,
                                desc="complete")
         return images.float() / (self.data.levels - 1)
 

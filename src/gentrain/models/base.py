@@ -9,13 +9,14 @@ every model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Optional
+from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 
+from gentrain import registry
 from gentrain.config import OptimizerConfig
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
 
@@ -43,21 +44,34 @@ class Update:
 
 
 class GenerativeModel(nn.Module):
-    """Base class of every model. Subclasses set `config_class` and implement the abstract methods."""
+    """Base class of every model. A model attaches itself to the config class that names it,
+    `class VAE(GenerativeModel, config=VAEConfig)` (gentrain/registry.py), and implements the abstract methods.
+
+    Its config class may declare, as class variables, `mutable`: option keys that may differ between a checkpoint
+    and the run that loads it (they change how the model is trained or evaluated, not what its weights mean), and
+    `evaluation_budget`: option keys that set what the end-of-run evaluation costs (trainer=debug shrinks them).
+    """
 
     config_class: ClassVar[type]
     main_metric: ClassVar[str] = "bits_per_dim"  # minimised; logged as val/<name> and returned to sweepers
     progress_terms: ClassVar[tuple[str, ...]] = ("loss",)  # logged terms shown on the progress bar and lines
-    # Config keys that change how the model is trained or evaluated but not what its weights mean: they may
-    # differ between a checkpoint and the run that loads it (optimizer settings always may).
-    mutable_settings: ClassVar[frozenset[str]] = frozenset()
-    # Config keys that set what the end-of-run evaluation costs (the VAE's iw_samples): trainer=debug shrinks them
-    # (configs/trainer_model/debug_<model>.yaml), and a test checks that it does for every model.
-    evaluation_budget: ClassVar[frozenset[str]] = frozenset()
+    conditional: bool = False  # takes class labels (set from model.conditional by the models that can)
+    has_temperature: ClassVar[bool] = False  # sample() scales its noise by a temperature
+
+    def __init_subclass__(cls, config: Optional[type] = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if config is not None:
+            registry.implement(config, cls)
+            cls.config_class = config
 
     def __init__(self, data: DataInfo):
         super().__init__()
         self.data = data
+
+    @property
+    def name(self) -> str:
+        """The name users select this model with (its config class's, gentrain/registry.py)."""
+        return registry.name_of(self.config_class)
 
     # --- training -------------------------------------------------------------------------------------
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
@@ -86,12 +100,20 @@ class GenerativeModel(nn.Module):
 
     # --- sampling -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(
-        self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-        temperature: float = 1.0,
-    ) -> Tensor:
-        """n images as floats in [0, 1], shape (n, C, H, W). `temperature` scales the sampling noise for
-        models that define it (flows, VAEs); the others refuse any value but 1 (`refuse_temperature`)."""
+    def sample(self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+               temperature: Optional[float] = None) -> Tensor:
+        """n images as floats in [0, 1], shape (n, C, H, W). A conditional model draws classes `labels` (by
+        default 0, 1, ..., K-1, 0, ...); `temperature` scales the sampling noise of the models that have one
+        (`has_temperature`: flows, VAEs; None: the model's default), the others refuse any value but 1."""
+        if temperature not in (None, 1.0) and not self.has_temperature:
+            raise ConfigError(f"{type(self).__name__} has no sampling temperature (flows and VAEs do)")
+        if self.conditional and labels is None:
+            labels = self.default_labels(n)
+        return self.draw(n, labels if self.conditional else None, generator, temperature)
+
+    def draw(self, n: int, labels: Optional[Tensor], generator: Optional[torch.Generator],
+             temperature: Optional[float]) -> Tensor:
+        """sample()'s work, with its arguments checked and defaulted."""
         raise NotImplementedError
 
     def complete(self, batch: Batch, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -102,14 +124,10 @@ class GenerativeModel(nn.Module):
         """Images along paths between pairs of the batch's images, (pairs, steps, C, H, W) (latent-variable models)."""
         raise ConfigError(f"{type(self).__name__} cannot interpolate between images: interpolation is for VAEs")
 
-    def refuse_temperature(self, temperature: float) -> None:
-        if temperature != 1.0:
-            raise ConfigError(f"{type(self).__name__} has no sampling temperature (flows and VAEs do)")
-
     @torch.no_grad()
     def visualize(self, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
         """Image grids for TensorBoard (name -> images in [0, 1]); `batch` is a fixed set of validation images."""
-        return {"samples": self.sample(len(batch), labels=self.default_labels(len(batch)), generator=generator)}
+        return {"samples": self.sample(len(batch), generator=generator)}
 
     def compile_targets(self) -> list[nn.Module]:
         """The networks trainer.compile=true compiles (each module's forward): by default every direct child
@@ -127,15 +145,14 @@ class GenerativeModel(nn.Module):
 
     def default_labels(self, n: int) -> Optional[Tensor]:
         """Labels 0, 1, ..., K-1, 0, ... for sample grids of a conditional model; None otherwise."""
-        if not getattr(self, "conditional", False):
+        if not self.conditional:
             return None
         return torch.arange(n, device=self.device) % self.data.num_classes
 
-    @staticmethod
-    def require_classes(data: DataInfo, model_name: str) -> int:
+    def require_classes(self, data: DataInfo) -> int:
         if not data.num_classes:
             raise ConfigError(
                 f"model.conditional=true needs class labels, but this dataset has none usable for "
-                f"conditioning; set model.conditional=false or pick a labelled dataset ({model_name})"
+                f"conditioning; set model.conditional=false or pick a labelled dataset (model={self.name})"
             )
         return data.num_classes

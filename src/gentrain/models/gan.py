@@ -12,8 +12,6 @@ A GAN has no likelihood: its main metric is the FID of its samples (gentrain/met
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Optional
 
 import torch
@@ -21,35 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from gentrain.config import SIZE_MAX, OptimizerConfig, setting
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
 from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
-
-
-class CriticNorm(Enum):
-    auto = "auto"  # batch norm for dcgan and wgan with clipping (as in their papers), none otherwise
-    batch = "batch"
-    layer = "layer"  # per-sample normalisation over (C, H, W): the WGAN-GP paper's replacement for batch norm
-    none = "none"
-
-
-@dataclass
-class GANConfig:
-    """Settings every GAN shares; dcgan and wgan add their objective's."""
-
-    latent_dim: int = setting(100, min=1, max=SIZE_MAX)
-    generator_width: int = setting(64, min=1, max=4096)  # channels before the output layer; doubled at each lower resolution
-    critic_width: int = setting(64, min=1, max=4096)  # channels after the first critic layer; doubled likewise
-    critic_norm: CriticNorm = CriticNorm.auto
-    conditional: bool = False  # the class label is an input to both networks
-    critic_steps: int = setting(1, min=1, max=1000)  # n_critic: critic updates per generator update
-    # std of Gaussian noise added to every critic input, real and fake ([-1, 1] scale)
-    instance_noise: float = setting(0.0, min=0)
-    instance_noise_decay_steps: int = setting(0, min=0)  # the std falls linearly to 0 over this many steps (0: constant)
-    optim_generator: OptimizerConfig = field(default_factory=OptimizerConfig)
-    optim_critic: OptimizerConfig = field(default_factory=OptimizerConfig)
+from gentrain.models.schemas.gan import CriticNorm, DCGANConfig, DCGANLoss, GANConfig
 
 
 def network_layout(height: int, width: int, model_name: str) -> tuple[int, int]:
@@ -144,16 +118,13 @@ class GAN(GenerativeModel):
 
     main_metric = "fid"
     progress_terms = ("critic_loss", "generator_loss")
-    model_name = "gan"
-    mutable_settings = frozenset({"critic_steps", "instance_noise", "instance_noise_decay_steps", "loss", "clip_value",
-                                  "gp_weight"})
 
     def __init__(self, cfg: GANConfig, data: DataInfo, *, critic_norm: CriticNorm, spectral: bool = False):
         super().__init__(data)
-        layout = network_layout(data.height, data.width, self.model_name)
+        layout = network_layout(data.height, data.width, self.name)
         self.cfg = cfg
         self.conditional = cfg.conditional
-        num_classes = self.require_classes(data, self.model_name) if cfg.conditional else 0
+        num_classes = self.require_classes(data) if cfg.conditional else 0
         self.critic_norm = critic_norm
         self.generator = Generator(cfg.latent_dim, data.channels, layout, cfg.generator_width, num_classes)
         self.critic = Critic(data.channels, layout, cfg.critic_width, num_classes, critic_norm, spectral)
@@ -211,39 +182,15 @@ class GAN(GenerativeModel):
         return "critic scores"
 
     # --- sampling -----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(
-        self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-        temperature: float = 1.0,
-    ) -> Tensor:
-        self.refuse_temperature(temperature)
-        if self.conditional and labels is None:
-            labels = self.default_labels(n)
+    def draw(self, n: int, labels: Optional[Tensor], generator: Optional[torch.Generator],
+             temperature: Optional[float]) -> Tensor:
         images = self.generator(self.latents(n, generator), labels)
         return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-class DCGANLoss(Enum):
-    nonsaturating = "nonsaturating"  # the generator maximises log D(G(z)) (the paper's practical choice)
-    minimax = "minimax"  # the generator minimises log(1 - D(G(z))), the original game
-
-
-def dcgan_optimizer() -> OptimizerConfig:
-    return OptimizerConfig(lr=2e-4, betas=[0.5, 0.999])  # Adam, as in Radford et al. (2016)
-
-
-@dataclass
-class DCGANConfig(GANConfig):
-    loss: DCGANLoss = DCGANLoss.nonsaturating
-    optim_generator: OptimizerConfig = field(default_factory=dcgan_optimizer)
-    optim_critic: OptimizerConfig = field(default_factory=dcgan_optimizer)
-
-
-class DCGAN(GAN):
+class DCGAN(GAN, config=DCGANConfig):
     """DCGAN (Radford et al., 2016): a discriminator trained with the logistic loss against the generator."""
 
-    config_class = DCGANConfig
-    model_name = "dcgan"
 
     def __init__(self, cfg: DCGANConfig, data: DataInfo):
         norm = CriticNorm.batch if cfg.critic_norm is CriticNorm.auto else cfg.critic_norm

@@ -10,19 +10,14 @@ models/autoregressive.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor, nn
 
-from gentrain.data.base import DataInfo
-from gentrain.models.autoregressive import AutoregressiveConfig, AutoregressiveModel, AutoregressiveNetwork, layer_biases
+from gentrain.data.schemas import DataInfo
+from gentrain.models.autoregressive import AutoregressiveModel, AutoregressiveNetwork, layer_biases
+from gentrain.models.schemas.autoregressive import GatedPixelCNNConfig
 from gentrain.nn import CausalConv2d, MaskType, VerticalConv, gated_activation, pointwise_conv, shift_down
-
-
-@dataclass
-class GatedPixelCNNConfig(AutoregressiveConfig):
-    """hidden_channels is each stack's width p (the gates compute 2p channels)."""
 
 
 class GatedLayer(nn.Module):
@@ -71,11 +66,8 @@ class GatedPixelCNNNetwork(AutoregressiveNetwork):
         return h
 
 
-class GatedPixelCNN(AutoregressiveModel):
+class GatedPixelCNN(AutoregressiveModel, config=GatedPixelCNNConfig):
     """The Gated PixelCNN: vertical and horizontal stacks with gated activations, no blind spot."""
-
-    config_class = GatedPixelCNNConfig
-    registry_name = "gated_pixelcnn"
 
     def build_network(self, cfg: GatedPixelCNNConfig, data: DataInfo, colours: int, num_classes: int) -> GatedPixelCNNNetwork:
         return GatedPixelCNNNetwork(cfg, data, colours, self.likelihood.num_params, num_classes)

@@ -8,19 +8,14 @@ sampling: models/autoregressive.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor, nn
 
-from gentrain.data.base import DataInfo
-from gentrain.models.autoregressive import AutoregressiveConfig, AutoregressiveModel, AutoregressiveNetwork, layer_biases
+from gentrain.data.schemas import DataInfo
+from gentrain.models.autoregressive import AutoregressiveModel, AutoregressiveNetwork, layer_biases
+from gentrain.models.schemas.autoregressive import PixelCNNConfig
 from gentrain.nn import MaskType, masked_square_conv, pointwise_conv
-
-
-@dataclass
-class PixelCNNConfig(AutoregressiveConfig):
-    """hidden_channels is the residual stream's width (2h in the paper); each block narrows it to half."""
 
 
 class MaskedResidualBlock(nn.Module):
@@ -54,11 +49,8 @@ class PixelCNNNetwork(AutoregressiveNetwork):
         return h
 
 
-class PixelCNN(AutoregressiveModel):
+class PixelCNN(AutoregressiveModel, config=PixelCNNConfig):
     """The PixelCNN: masked convolutions with residual blocks, a softmax / logistic-mixture / Bernoulli output."""
-
-    config_class = PixelCNNConfig
-    registry_name = "pixelcnn"
 
     def build_network(self, cfg: PixelCNNConfig, data: DataInfo, colours: int, num_classes: int) -> PixelCNNNetwork:
         return PixelCNNNetwork(cfg, data, colours, self.likelihood.num_params, num_classes)

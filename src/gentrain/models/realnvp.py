@@ -16,36 +16,17 @@ The likelihood is computed on the discrete images x in {0..L-1}^D (L = 256 for 8
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from gentrain.config import OptimizerConfig, setting
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
 from gentrain.models.likelihood import LikelihoodModel
+from gentrain.models.schemas.realnvp import CouplingType, RealNVPConfig
 from gentrain.nn import ActNorm, Coupling, CouplingMask, LogitTransform, squeeze, standard_normal_log_prob, unsqueeze
-
-
-class CouplingType(Enum):
-    affine = "affine"  # RealNVP: y = x * exp(s) + t
-    additive = "additive"  # NICE: y = x + t, volume preserving
-
-
-@dataclass
-class RealNVPConfig:
-    num_scales: int = setting(2, min=1, max=8)  # 2 = squeeze once; sides must be divisible by 2^(num_scales - 1)
-    coupling: CouplingType = CouplingType.affine
-    hidden_channels: int = setting(64, min=1, max=4096)  # feature maps of each coupling's ResNet
-    residual_blocks: int = setting(4, min=0, max=100)  # residual blocks in each coupling's ResNet
-    # y = logit(alpha + (1 - 2 alpha) u); the paper's 0.05 for natural images
-    logit_alpha: float = setting(0.05, above=0, below=0.5)
-    temperature: float = setting(1.0, above=0)  # standard deviation of the latents for sample grids
-    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 
 def dequantized_nll_nats(log_density: Tensor, num_dims: int, levels: int) -> Tensor:
@@ -125,11 +106,10 @@ class MultiScaleFlow(nn.Module):
         return y
 
 
-class RealNVP(LikelihoodModel):
+class RealNVP(LikelihoodModel, config=RealNVPConfig):
     """A multi-scale RealNVP (or NICE-style additive) flow on logit-transformed, dequantized images."""
 
-    config_class = RealNVPConfig
-    mutable_settings = frozenset({"temperature"})  # only the sample grid uses it
+    has_temperature = True
 
     def __init__(self, cfg: RealNVPConfig, data: DataInfo):
         super().__init__(data)
@@ -178,10 +158,10 @@ class RealNVP(LikelihoodModel):
         ]
 
     # --- sampling -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-               temperature: Optional[float] = None) -> Tensor:
-        """Images from latents z ~ N(0, T^2 I), quantized to the data's levels and scaled to [0, 1]."""
+    def draw(self, n: int, labels: Optional[Tensor], generator: Optional[torch.Generator],
+             temperature: Optional[float]) -> Tensor:
+        """Images from latents z ~ N(0, T^2 I) (T = model.temperature by default), quantized to the data's levels
+        and scaled to [0, 1]."""
         t = self.cfg.temperature if temperature is None else temperature
         z = t * torch.randn(n, self.data.num_dims, generator=generator, device=self.device)
         u = self.inverse(z)

@@ -9,51 +9,21 @@ data. At the end of training the test set also gets the tighter importance-weigh
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.config import SIZE_MAX, OptimizerConfig, setting
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogistic, PixelLikelihood
 from gentrain.errors import ConfigError
 from gentrain.metrics import bits_per_dim
 from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
+from gentrain.models.schemas.vae import VAEArch, VAEConfig, VAELikelihood
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-class VAEArch(Enum):
-    conv = "conv"
-    mlp = "mlp"
-
-
-class VAELikelihood(Enum):
-    auto = "auto"  # bernoulli for binarized data, logistic for 8-bit data
-    bernoulli = "bernoulli"
-    logistic = "logistic"  # discretized logistic per sub-pixel
-    categorical = "categorical"  # softmax over every pixel value
-
-
-@dataclass
-class VAEConfig:
-    arch: VAEArch = VAEArch.conv
-    latent_dim: int = setting(32, min=1, max=SIZE_MAX)
-    hidden: list[int] = setting(factory=lambda: [400], min_items=1, min=1, max=SIZE_MAX)  # mlp: hidden layer widths
-    # conv: stem width, then one per downsampling
-    channels: list[int] = setting(factory=lambda: [16, 32, 64], min_items=1, min=1, max=4096)
-    likelihood: VAELikelihood = VAELikelihood.auto
-    beta: float = setting(1.0, min=0)  # weight of the KL term (1 = the ELBO)
-    kl_warmup_steps: int = setting(0, min=0)  # beta grows linearly from 0 over this many steps
-    conditional: bool = False  # condition encoder and decoder on the class label
-    # k of the importance-weighted bound computed on the test set at the end (<= 1: off)
-    iw_samples: int = setting(100, min=0, max=100_000)
-    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 
 def conv_downsamplings(size: int) -> tuple[int, int]:
@@ -111,19 +81,17 @@ def make_likelihood(choice: VAELikelihood, data: DataInfo) -> PixelLikelihood:
     return cls(data.levels, data.channels)
 
 
-class VAE(GenerativeModel):
+class VAE(GenerativeModel, config=VAEConfig):
     """A Gaussian-latent VAE with a convolutional or MLP encoder/decoder."""
 
-    config_class = VAEConfig
     progress_terms = ("neg_elbo_nats", "bits_per_dim")
-    evaluation_budget = frozenset({"iw_samples"})
-    mutable_settings = frozenset({"beta", "kl_warmup_steps", "iw_samples"})
+    has_temperature = True
 
     def __init__(self, cfg: VAEConfig, data: DataInfo):
         super().__init__(data)
         self.cfg = cfg
         self.conditional = cfg.conditional
-        self.num_classes = self.require_classes(data, "vae") if cfg.conditional else 0
+        self.num_classes = self.require_classes(data) if cfg.conditional else 0
         self.likelihood = make_likelihood(cfg.likelihood, data)
         c, h, w = data.channels, data.height, data.width
         out_params = self.likelihood.num_params
@@ -262,16 +230,12 @@ class VAE(GenerativeModel):
         return notes
 
     # --- sampling -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(
-        self, n: int, *, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-        temperature: float = 1.0,
-    ) -> Tensor:
+    def draw(self, n: int, labels: Optional[Tensor], generator: Optional[torch.Generator],
+             temperature: Optional[float]) -> Tensor:
         """Decoder mean images for latents drawn from the prior N(0, temperature^2 I) (the usual way VAE samples
         are shown)."""
-        z = temperature * torch.randn(n, self.cfg.latent_dim, generator=generator, device=self.device)
-        if self.conditional and labels is None:
-            labels = self.default_labels(n)
+        t = 1.0 if temperature is None else temperature
+        z = t * torch.randn(n, self.cfg.latent_dim, generator=generator, device=self.device)
         return self.likelihood.mean(self.decode(z, labels))
 
     @torch.no_grad()

@@ -13,75 +13,16 @@ the WGAN paper's settings; any of them can still be overridden. The networks are
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Iterator, Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from gentrain.config import OptimizerConfig, OptimizerName, setting
-from gentrain.data.base import DataInfo
+from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.models.base import LossOutput
-from gentrain.models.gan import GAN, CriticNorm, GANConfig
-
-
-class Lipschitz(Enum):
-    clip = "clip"
-    gp = "gp"
-    spectral = "spectral"
-
-
-@dataclass(frozen=True)
-class PaperSettings:
-    critic_steps: int
-    optimizer: OptimizerName
-    lr: float
-    betas: tuple[float, float]
-    critic_norm: CriticNorm  # what `critic_norm: auto` means for this constraint
-
-
-PAPER_SETTINGS = {
-    # Arjovsky et al. (2017), Algorithm 1: RMSprop, lr 5e-5, c = 0.01, n_critic = 5; DCGAN critic with batch norm.
-    Lipschitz.clip: PaperSettings(5, OptimizerName.rmsprop, 5e-5, (0.9, 0.999), CriticNorm.batch),
-    # Gulrajani et al. (2017), Algorithm 1: Adam(1e-4, 0, 0.9), lambda = 10, n_critic = 5; no batch norm.
-    Lipschitz.gp: PaperSettings(5, OptimizerName.adam, 1e-4, (0.0, 0.9), CriticNorm.none),
-    # Miyato et al. (2018), the standard-CNN setting C: Adam(2e-4, 0.5, 0.999), n_dis = 1; no batch norm.
-    Lipschitz.spectral: PaperSettings(1, OptimizerName.adam, 2e-4, (0.5, 0.999), CriticNorm.none),
-}
-
-
-def paper_setting(lipschitz: Union[Lipschitz, str], key: str) -> Any:
-    """The `wgan_paper` config resolver: ${wgan_paper:${.lipschitz},lr} -> that constraint's paper value."""
-    value = getattr(PAPER_SETTINGS[Lipschitz(getattr(lipschitz, "value", lipschitz))], key)
-    if isinstance(value, Enum):
-        return value.value
-    return list(value) if isinstance(value, tuple) else value
-
-
-def wgan_gp_optimizer() -> OptimizerConfig:
-    gp = PAPER_SETTINGS[Lipschitz.gp]
-    return OptimizerConfig(name=gp.optimizer, lr=gp.lr, betas=list(gp.betas))
-
-
-@dataclass
-class WGANConfig(GANConfig):
-    """Defaults are WGAN-GP's; configs/model/wgan.yaml makes the paper-dependent ones follow `lipschitz`."""
-
-    lipschitz: Lipschitz = Lipschitz.gp
-    clip_value: float = setting(0.01, above=0)  # c of weight clipping (lipschitz=clip)
-    gp_weight: float = setting(10.0, min=0)  # lambda of the gradient penalty (lipschitz=gp)
-    critic_steps: int = setting(PAPER_SETTINGS[Lipschitz.gp].critic_steps, min=1, max=1000)
-    optim_generator: OptimizerConfig = field(default_factory=wgan_gp_optimizer)
-    optim_critic: OptimizerConfig = field(default_factory=wgan_gp_optimizer)
-
-    def problems(self, prefix: str) -> Iterator[str]:
-        if self.lipschitz is not Lipschitz.clip and self.critic_norm is CriticNorm.batch:
-            # Batch norm mixes the images of a batch, so neither a per-image gradient penalty nor per-layer
-            # spectral bounds constrain the critic any more.
-            yield (f"{prefix}lipschitz={self.lipschitz.value} cannot use {prefix}critic_norm=batch; use layer or "
-                   f"none")
+from gentrain.models.gan import GAN
+from gentrain.models.schemas.gan import PAPER_SETTINGS, CriticNorm, Lipschitz, WGANConfig
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, labels: Optional[Tensor]) -> Tensor:
@@ -100,11 +41,9 @@ def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, labels: Opti
         return (grad.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
 
 
-class WGAN(GAN):
+class WGAN(GAN, config=WGANConfig):
     """Wasserstein GAN: critic loss E[f(G(z))] - E[f(x)] (+ penalty), generator loss -E[f(G(z))]."""
 
-    config_class = WGANConfig
-    model_name = "wgan"
 
     def __init__(self, cfg: WGANConfig, data: DataInfo):
         norm = PAPER_SETTINGS[cfg.lipschitz].critic_norm if cfg.critic_norm is CriticNorm.auto else cfg.critic_norm
