@@ -209,12 +209,13 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
 
 
 def test_a_sweep_with_one_bad_job_finishes_the_others(tmp_path: Path, shared_data: Path) -> None:
-    sweep = tmp_path / "sweep"
-    result = run_cli("-m", "trainer=debug", "model.arch=mlp", "model.iw_samples=2", "trainer.max_steps=4",
-                     "trainer.batch_size=0,16", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    """Parallel jobs (joblib), no pinned sweep directory: the bad job is recorded, the other finishes, exit 1."""
+    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer=debug", "model.arch=mlp",
+                     "model.iw_samples=2", "trainer.max_steps=4", "trainer.batch_size=0,16", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "sweep of 2 jobs finished, 1 failed" in result.stdout
     assert "trainer.batch_size must be between 1 and 65536" in result.stdout
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     assert (sweep / "1_batch_size=16" / "metrics.json").exists()
     summary = (sweep / "summary.md").read_text()
     assert "| trainer.batch_size |" in summary.splitlines()[0]

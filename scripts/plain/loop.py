@@ -26,12 +26,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
-from gentrain.composition import compose, to_config
-from gentrain.data.schemas import DataInfo
-from gentrain.data.cifar10 import CIFAR10Config
-from gentrain.data.mnist import MNISTConfig
+from gentrain.composition import build_model, compose, to_config
 from gentrain.data.batches import Batch
-from gentrain.composition import build_model
+from gentrain.data.schemas import CIFAR10Config, DataInfo, MNISTConfig
 
 
 class CIFAR10Batches(Dataset):
@@ -103,7 +100,7 @@ def main() -> None:
     specs = model.optimizer_specs()
     params = {name: [p for p in spec.params if p.requires_grad] for name, spec in specs.items()}
     optimizers = {name: make_optimizer(params[name], spec.config) for name, spec in specs.items()}
-    conditional = bool(getattr(model, "conditional", False))
+    conditional = model.conditional
 
     step, window_start = 0, time.perf_counter()
     start = window_start

@@ -1,10 +1,13 @@
-"""What the PixelCNN family shares: the output distribution, the exact-likelihood objective and the sampler.
+"""What every autoregressive image model shares: the output distribution, the exact-likelihood objective, and
+the sampler and completion that draw an image sub-pixel by sub-pixel.
 
-A subclass supplies only its network (an `AutoregressiveNetwork`): a causal body `features(x, class_bias)`
-whose output at pixel (i, j) depends on pixels before (i, j) only (and on earlier colours of (i, j) when
-the output is per sub-pixel), and a pointwise `head` that turns features into the parameters of a
-`distributions.PixelLikelihood`. The log-likelihood of an image is then the sum of exact discrete
-log-probabilities, and bits/dim = NLL / (D ln 2) with nothing left out.
+A subclass supplies only its network (an `AutoregressiveNetwork`): scaled images -> the parameters of a
+`distributions.PixelLikelihood` at every pixel, where the parameters at (i, j) depend on pixels before (i, j)
+only (and on earlier colours of (i, j) when the output is per sub-pixel). The log-likelihood of an image is then
+the sum of exact discrete log-probabilities, and bits/dim = NLL / (D ln 2) with nothing left out. The sampler
+asks the network for one pixel's parameters at a time (`params_at`): any causal network works as it is, and a
+network can answer faster by reusing what it knows (`CausalConvNetwork` runs only the window its receptive field
+covers).
 """
 
 from __future__ import annotations
@@ -41,22 +44,13 @@ def make_pixel_likelihood(cfg: AutoregressiveConfig, data: DataInfo) -> PixelLik
 
 
 class AutoregressiveNetwork(nn.Module):
-    """A causal feature network plus a pointwise output head; subclasses implement `features`.
+    """A causal network: scaled images (B, C, H, W) in [-1, 1] -> likelihood parameters (B, P, H, W).
 
-    `colours` is the number of colour groups the masks keep apart: the image's channels for an output per
-    sub-pixel (R, then G given R, then B given R and G), 1 for a mixture over whole pixels.
-    """
+    `class_bias_channels`: a learned vector per class, looked up once per batch (or sample call), which the
+    network adds where it likes (conditional models)."""
 
-    def __init__(self, feature_channels: int, head_channels: int, num_params: int, colours: int,
-                 num_classes: int, class_bias_channels: int, reach: tuple[int, int]):
+    def __init__(self, num_classes: int, class_bias_channels: int):
         super().__init__()
-        self.colours = colours
-        self.reach = reach  # (rows above, columns to either side) of the current pixel that its features see
-        self.head = nn.Sequential(
-            nn.ReLU(), pointwise_conv(feature_channels, head_channels, colours),
-            nn.ReLU(), pointwise_conv(head_channels, num_params, colours),
-        )
-        # One learned bias vector per class for every layer at once, looked up once per batch (or sample call).
         self.class_embedding = nn.Embedding(num_classes, class_bias_channels) if num_classes else None
 
     def embed_labels(self, labels: Optional[Tensor]) -> Optional[Tensor]:
@@ -67,12 +61,46 @@ class AutoregressiveNetwork(nn.Module):
             raise ValueError("a conditional model needs labels")
         return self.class_embedding(labels)
 
+    def forward(self, x: Tensor, class_bias: Optional[Tensor] = None) -> Tensor:
+        raise NotImplementedError
+
+    def params_at(self, x: Tensor, class_bias: Optional[Tensor], i: int, j: int) -> Tensor:
+        """The likelihood parameters of pixel (i, j), (B, P, 1, 1), for inputs known up to (i, j): by default the
+        whole network (exact for any causal network), which subclasses may shorten."""
+        return self(x, class_bias)[:, :, i : i + 1, j : j + 1]
+
+
+class CausalConvNetwork(AutoregressiveNetwork):
+    """A causal convolutional body `features(x, class_bias)` and a pointwise output head (the PixelCNN family).
+
+    `colours` is the number of colour groups the masks keep apart: the image's channels for an output per
+    sub-pixel (R, then G given R, then B given R and G), 1 for a mixture over whole pixels. `reach` is (rows
+    above, columns to either side) of the current pixel that the features see.
+    """
+
+    def __init__(self, feature_channels: int, head_channels: int, num_params: int, colours: int,
+                 num_classes: int, class_bias_channels: int, reach: tuple[int, int]):
+        super().__init__(num_classes, class_bias_channels)
+        self.colours = colours
+        self.reach = reach
+        self.head = nn.Sequential(
+            nn.ReLU(), pointwise_conv(feature_channels, head_channels, colours),
+            nn.ReLU(), pointwise_conv(head_channels, num_params, colours),
+        )
+
     def features(self, x: Tensor, class_bias: Optional[Tensor]) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor, class_bias: Optional[Tensor] = None) -> Tensor:
-        """Scaled images (B, C, H, W) in [-1, 1] -> likelihood parameters (B, P, H, W)."""
         return self.head(self.features(x, class_bias))
+
+    def params_at(self, x: Tensor, class_bias: Optional[Tensor], i: int, j: int) -> Tensor:
+        """Only the window the receptive field covers (the rows up to i, the columns within reach of j: inputs
+        outside cannot change pixel (i, j)) goes through the body, and only pixel (i, j) through the head."""
+        rows_above, columns_aside = self.reach
+        top, left, right = max(0, i - rows_above), max(0, j - columns_aside), min(x.shape[-1], j + columns_aside + 1)
+        features = self.features(x[:, :, top : i + 1, left:right], class_bias)
+        return self.head(features[:, :, -1:, j - left : j - left + 1])
 
 
 def layer_biases(class_bias: Optional[Tensor], sizes: list[int]) -> list[Optional[Tensor]]:
@@ -129,23 +157,18 @@ class AutoregressiveModel(LikelihoodModel):
                  generator: Optional[torch.Generator], desc: str = "sample") -> Tensor:
         """Draw rows first_row.. of the integer images (B, C, H, W) pixel by pixel, in place; returns them.
 
-        Each step runs the causal body only on the window its receptive field covers (the rows up to i and
-        the columns within reach of j: inputs outside cannot change pixel (i, j)), and the head only on pixel
-        (i, j); drawn values are written straight into the already scaled network input.
+        Each step asks the network for one pixel's parameters (`params_at`); drawn values are written straight
+        into the already scaled network input.
         """
         height, width = self.data.height, self.data.width
         inputs = self.network_input(images)
         class_bias = self.network.embed_labels(labels)
         # Per sub-pixel outputs draw colour c after colours < c are known; a mixture draws the whole pixel.
         colour_steps = [slice(c, c + 1) for c in range(self.data.channels)] if self.per_subpixel else [slice(None)]
-        rows_above, columns_aside = self.network.reach
         for i in track(range(first_row, height), desc, unit="row"):
-            top = max(0, i - rows_above)
             for j in range(width):
-                left, right = max(0, j - columns_aside), min(width, j + columns_aside + 1)
                 for colours in colour_steps:
-                    features = self.network.features(inputs[:, :, top : i + 1, left:right], class_bias)
-                    params = self.network.head(features[:, :, -1:, j - left : j - left + 1])
+                    params = self.network.params_at(inputs, class_bias, i, j)
                     drawn = self.likelihood.sample(params, generator)[:, colours, 0, 0]
                     images[:, colours, i, j] = drawn
                     inputs[:, colours, i, j] = self.network_input(drawn)

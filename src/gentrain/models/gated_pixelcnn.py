@@ -15,7 +15,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from gentrain.data.schemas import DataInfo
-from gentrain.models.autoregressive import AutoregressiveModel, AutoregressiveNetwork, layer_biases
+from gentrain.models.autoregressive import AutoregressiveModel, CausalConvNetwork, layer_biases
 from gentrain.models.schemas.autoregressive import GatedPixelCNNConfig
 from gentrain.nn import CausalConv2d, MaskType, VerticalConv, gated_activation, pointwise_conv, shift_down
 
@@ -45,7 +45,7 @@ class GatedLayer(nn.Module):
         return gated_activation(v_pre), h_out if self.first else h + h_out
 
 
-class GatedPixelCNNNetwork(AutoregressiveNetwork):
+class GatedPixelCNNNetwork(CausalConvNetwork):
     def __init__(self, cfg: GatedPixelCNNConfig, data: DataInfo, colours: int, num_params: int, num_classes: int):
         p = cfg.hidden_channels
         layers = 1 + cfg.num_layers
