@@ -1,34 +1,44 @@
-"""Training throughput of gentrain against a plain single-file PyTorch loop of the same network and batch size.
+"""gentrain against a plain single-file PyTorch loop of the same network and batch size: speed, start-up, memory.
 
-For each case (a model's config on MNIST or CIFAR-10 shapes), `gentrain` and scripts/plain/loop.py, which trains
-the same network with the same losses and optimizer settings through a standard DataLoader, each run
---repeats times in fresh processes, alternating. Each run trains --windows windows of the case's number of
-steps; the first window is warm-up (first allocations, cuDNN autotuning, compilation) and is not timed.
+For each case (a model's config on MNIST 28x28, MNIST resized to 64x64, or CIFAR-10 shapes), `gentrain` and
+scripts/plain/loop.py, which trains the same network with the same losses and optimizer settings through a
+standard DataLoader (resizing each image there when the case resizes), each run --repeats times in fresh
+processes, alternating. Each run trains --windows windows of the case's number of steps; the first window is
+warm-up (first allocations, cuDNN autotuning, compilation) and is not timed.
 
-  img/s    images per second of training: the median over the timed windows of all repeats, where a window's
-           time is the wall-clock time between two logging points (everything the loop does counts)
-  compiled the same gentrain run with trainer.compile=true (--compile); compilation happens in the warm-up window
-  peak MB  peak GPU memory allocated by tensors on CUDA, peak resident memory of the process on CPU
+  img/s        images per second of training: the median over the timed windows of all repeats, where a window's
+               time is the wall-clock time between two logging points (everything the loop does counts)
+  first step   seconds from the process's start to the end of its first training step (imports, data, model)
+  peak MB      peak resident memory of the whole process (os.wait4), the final evaluation included; on CUDA also
+               the peak GPU memory allocated by tensors
+  compiled     the same gentrain run with trainer.compile=true (--compile); compilation happens in the warm-up window
+
+--iw adds the VAE's end-of-run bound: seconds per 1,000 test images of the k=100 importance-weighted pass, with
+gentrain's settings and with the earlier ones (4,096 latents per decoder call, default memory format), in turns.
 
     python scripts/benchmark.py --data ../shared/datasets --output bench.md
-    python scripts/benchmark.py --data ../shared/datasets --compile   # also gentrain with trainer.compile=true
+    python scripts/benchmark.py --data ../shared/datasets --cases vae_mnist64 dcgan_mnist64 --iw
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
+SHAPES = {"mnist": ["dataset=mnist"], "mnist64": ["dataset=mnist", "dataset.image_size=64"],
+          "cifar10": ["dataset=cifar10"]}
 
 
 @dataclass
@@ -38,10 +48,10 @@ class Case:
     window: int  # steps per timing window
 
 
-# Each model's default config on MNIST (28x28x1) and CIFAR-10 (32x32x3) shapes, plus the paper's MLP VAE.
+# Each model's default config at each shape, plus the paper's MLP VAE.
 CASES = {
     "vae_mlp_binarized_mnist": Case(["experiment=vae_binarized_mnist"], 128, 50),
-    **{f"{model}_{data}": Case([*overrides, f"dataset={data}"], batch, window)
+    **{f"{model}_{shape}": Case([*overrides, *SHAPES[shape]], batch, window if shape != "mnist64" else max(2, window // 4))
        for model, overrides, batch, window in [
            ("vae", ["model=vae"], 128, 20),
            ("pixelcnn", ["model=pixelcnn"], 64, 4),
@@ -50,31 +60,26 @@ CASES = {
            ("dcgan", ["model=dcgan"], 64, 10),
            ("wgan_gp", ["model=wgan", "model.lipschitz=gp"], 64, 10),
        ]
-       for data in ("mnist", "cifar10")},
+       for shape in SHAPES},
 }
 
 
-def run(args: list[str]) -> str:
-    """Run a training process; on failure, show its output and stop."""
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode:
-        raise SystemExit(f"{' '.join(args)}\nfailed with status {result.returncode}:\n{result.stdout}{result.stderr}")
-    return result.stdout
-
-
-def window_throughputs(run_dir: Path, case: Case) -> tuple[list[float], float]:
-    """Images/s of each logging window, from the wall-clock times TensorBoard recorded at the logging steps
-    (so everything the loop does in between counts), and the last peak memory figure."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    times = [e.wall_time for e in events.Scalars("perf/images_per_sec")]
-    windows = [case.window * case.batch_size / (b - a) for a, b in zip(times, times[1:])]
-    return windows, events.Scalars("perf/max_memory_mb")[-1].value
+def run(args: list[str]) -> tuple[str, float]:
+    """Run a training process -> (its output, its peak resident memory in MB); on failure, show it and stop."""
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if process.returncode:
+        raise SystemExit(f"{' '.join(args)}\nfailed with status {process.returncode}:\n{text}")
+    return text, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_gentrain(case: Case, data: Path, windows: int, extra: list[str]) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         # No evaluation until the end, and a small one then: only training is timed.
@@ -83,19 +88,50 @@ def run_gentrain(case: Case, data: Path, windows: int, extra: list[str]) -> dict
                 f"trainer.log_every={case.window}", f"trainer.batch_size={case.batch_size}",
                 f"trainer.eval_limit={case.batch_size}", "trainer.num_samples=1", "metrics.fid.enabled=false",
                 "trainer.progress_bar=false", f"hydra.run.dir={run_dir}", *extra]
-        run(args)
+        _, peak = run(args)
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
         # The first logging point closes the warm-up window, which is not timed.
-        timed, peak = window_throughputs(run_dir, case)
-    return {"windows": timed, "peak_mb": peak}
+        times = [e.wall_time for e in events.Scalars("perf/images_per_sec")]
+        timed = [case.window * case.batch_size / (b - a) for a, b in zip(times, times[1:])]
+        first = events.Scalars("perf/seconds_to_first_step")[0].value
+        gpu = events.Scalars("perf/max_memory_mb")[-1].value if torch.cuda.is_available() else None
+    return {"windows": timed, "first_step": first, "peak_mb": peak, "gpu_mb": gpu}
 
 
 def run_plain(case: Case, data: Path, windows: int, extra: list[str]) -> dict:
     args = [sys.executable, str(HERE / "plain" / "loop.py"), "--data", str(data), "--batch-size", str(case.batch_size),
             "--steps", str(case.window * windows), "--window", str(case.window), "--", *case.overrides]
-    out = run(args)
+    out, peak = run(args)
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    timed = [line["window_images_per_sec"] for line in lines[1:-1]]  # the first window is warm-up
-    return {"windows": timed, "peak_mb": lines[-1]["peak_memory_mb"]}
+    windows_ = [line["window_images_per_sec"] for line in lines if "window_images_per_sec" in line]
+    first = next(line["seconds_to_first_step"] for line in lines if "seconds_to_first_step" in line)
+    return {"windows": windows_[1:], "first_step": first, "peak_mb": peak, "gpu_mb": lines[-1]["peak_memory_mb"]
+            if torch.cuda.is_available() else None}
+
+
+def iw_seconds_per_1000(data: Path, repeats: int, images: int = 500, k: int = 100) -> dict[str, float]:
+    """The default VAE's k=100 bound on `images` test images, with gentrain's settings and the earlier ones."""
+    from gentrain.composition import build_model, compose, load_dataset, to_config
+    from gentrain.data.batches import Batch
+
+    os.environ["GENTRAIN_DATA"] = str(data)
+    config = to_config(compose(["model=vae"]))
+    dataset = load_dataset(config.dataset)
+    batch = Batch(dataset.test.images[:images], None)
+    settings = {"gentrain": (None, True), "earlier (4096 latents per call, NCHW)": (4096, False)}
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(repeats):
+        for name, (decodes, nhwc) in settings.items():
+            torch.manual_seed(0)
+            model = build_model(config.model, dataset.info).eval()
+            if nhwc:
+                model.to(memory_format=torch.channels_last)
+            with torch.no_grad():
+                started = time.perf_counter()
+                model.importance_weighted_nll(batch, k, max_decodes=decodes)
+                times[name].append((time.perf_counter() - started) * 1000 / images)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -107,6 +143,7 @@ def main() -> None:
     parser.add_argument("--gentrain-args", nargs="*", default=[], help="extra overrides for gentrain's runs only, "
                         "e.g. trainer.precision=bf16 trainer.compile=true")
     parser.add_argument("--compile", action="store_true", help="also time gentrain with trainer.compile=true")
+    parser.add_argument("--iw", action="store_true", help="also time the VAE's k=100 end-of-run bound")
     parser.add_argument("--output", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
     if args.windows < 2:
@@ -123,34 +160,42 @@ def main() -> None:
             for label, runner, extra in variants:
                 result = runner(case, args.data.absolute(), args.windows, extra)
                 results[label].append(result)
-                print(f"{name} {label} run {repeat + 1}: windows {[round(w, 1) for w in result['windows']]} img/s, peak {result['peak_mb']:.0f} MB",
-                      file=sys.stderr, flush=True)
-        m = {label: {"img_s": statistics.median(w for r in runs for w in r["windows"]),
-                     "peak_mb": statistics.median(r["peak_mb"] for r in runs)} for label, runs in results.items()}
+                print(f"{name} {label} run {repeat + 1}: windows {[round(w, 1) for w in result['windows']]} img/s, "
+                      f"first step {result['first_step']:.1f} s, peak {result['peak_mb']:.0f} MB", file=sys.stderr,
+                      flush=True)
+        m = {label: {key: statistics.median(v for r in runs for v in (r[key] if key == "windows" else [r[key]]))
+                     for key in ("windows", "first_step", "peak_mb")} for label, runs in results.items()}
         ours, plain = m["gentrain"], m["plain"]
-        cells = [name, str(case.batch_size), f"{ours['img_s']:.1f}", f"{plain['img_s']:.1f}",
-                 f"{ours['img_s'] / plain['img_s']:.2f}"]
+        cells = [name, str(case.batch_size), f"{ours['windows']:.1f}", f"{plain['windows']:.1f}",
+                 f"{ours['windows'] / plain['windows']:.2f}"]
         if args.compile:
-            cells += [f"{m['compiled']['img_s']:.1f}", f"{m['compiled']['img_s'] / plain['img_s']:.2f}"]
-        cells += [f"{ours['peak_mb']:.0f}", f"{plain['peak_mb']:.0f}"]
+            cells += [f"{m['compiled']['windows']:.1f}", f"{m['compiled']['windows'] / plain['windows']:.2f}"]
+        cells += [f"{ours['first_step']:.1f}", f"{plain['first_step']:.1f}", f"{ours['first_step'] / plain['first_step']:.2f}",
+                  f"{ours['peak_mb']:.0f}", f"{plain['peak_mb']:.0f}", f"{ours['peak_mb'] / plain['peak_mb']:.2f}"]
         rows.append("| " + " | ".join(cells) + " |")
 
     if torch.cuda.is_available():
-        device, memory = torch.cuda.get_device_name(), "peak GPU memory allocated by tensors"
+        device = torch.cuda.get_device_name()
     else:
         device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-        memory = "peak resident memory of the process"
     extra = f"; gentrain runs with {' '.join(args.gentrain_args)}" if args.gentrain_args else ""
     header = [
         f"Device: {device}; torch {torch.__version__}{extra}. img/s: median over the timed windows of "
         f"{args.repeats} fresh processes per trainer ({args.windows - 1} windows each after a warm-up window); "
-        f"peak MB: {memory}.",
+        f"first step: seconds from process start to the end of the first training step; peak MB: peak resident "
+        f"memory of the whole process (medians of the runs).",
         "",
-        "| case | batch | gentrain img/s | plain loop img/s | gentrain / plain | "
-        + ("compiled img/s | compiled / plain | " if args.compile else "") + "gentrain peak MB | plain peak MB |",
-        "|---" * (9 if args.compile else 7) + "|",
+        "| case | batch | gentrain img/s | plain img/s | gentrain / plain | "
+        + ("compiled img/s | compiled / plain | " if args.compile else "")
+        + "gentrain first step s | plain first step s | ratio | gentrain peak MB | plain peak MB | ratio |",
+        "|---" * (14 if args.compile else 12) + "|",
     ]
     footer = ["", "Configs: " + "; ".join(f"{name}: `{' '.join(CASES[name].overrides)}`" for name in args.cases)]
+    if args.iw:
+        seconds = iw_seconds_per_1000(args.data.absolute(), args.repeats)
+        footer += ["", "| VAE end-of-run bound (default conv VAE, MNIST, k=100) | s per 1,000 test images |", "|---|---|"]
+        footer += [f"| {name} | {value:.1f} |" for name, value in seconds.items()]
+        footer.append(f"| speed-up | {seconds['earlier (4096 latents per call, NCHW)'] / seconds['gentrain']:.1f}x |")
     table = "\n".join(header + rows + footer) + "\n"
     print(table)
     if args.output:

@@ -60,9 +60,25 @@ def test_mnist_binarization(shared_data: Path) -> None:
     assert set(first.unique().tolist()) <= {0, 1}
 
 
-def test_mnist_resize(shared_data: Path) -> None:
-    dataset = load_dataset(MNISTConfig(root=str(shared_data), image_size=32))
-    assert tuple(dataset.train.images.shape[1:]) == (1, 32, 32)
+def test_mnist_resize_is_exact_and_cached(tmp_path: Path, monkeypatch) -> None:
+    """Resized a chunk at a time into uint8 (the same pixels as one whole-array resize), and cached: the second
+    load at that size resizes nothing."""
+    write_mnist(tmp_path, n_train=30, n_test=10)
+    config = MNISTConfig(root=str(tmp_path), image_size=32, verify=False, val_fraction=0.2)
+    dataset = load_dataset(config)
+    assert tuple(dataset.train.images.shape[1:]) == (1, 32, 32) and dataset.train.images.dtype == torch.uint8
+    raw = load_dataset(MNISTConfig(root=str(tmp_path), verify=False, val_fraction=0.2)).test.images
+    whole = torch.nn.functional.interpolate(raw.float(), size=(32, 32), mode="bilinear", antialias=True)
+    assert torch.equal(dataset.test.images, whole.round().clamp(0, 255).to(torch.uint8))
+    chunked = images_module.resize_images(raw, 32, chunk=3)
+    assert torch.equal(chunked, dataset.test.images)
+
+    def no_resizing(*args, **kwargs):
+        raise AssertionError("resized again instead of using the cache")
+
+    monkeypatch.setattr(images_module, "resize_images", no_resizing)
+    again = load_dataset(config)
+    assert torch.equal(again.train.images, dataset.train.images) and torch.equal(again.test.images, dataset.test.images)
 
 
 def test_mnist_corrupt_file_is_rejected(tmp_path: Path) -> None:

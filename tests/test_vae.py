@@ -96,3 +96,17 @@ def test_visualize_layouts() -> None:
     assert grids["samples"].shape == (32, 1, 28, 28)
     assert grids["reconstructions"].shape == (8, 8, 1, 28, 28)  # 4 rows of originals, each under its reconstructions
     assert grids["interpolations"].shape == (8, 10, 1, 28, 28)
+
+
+def test_the_end_of_run_bound_is_sized_to_a_short_run(tmp_path, shared_data) -> None:
+    """Two training steps, then an IW bound that would take far longer: it covers the first batch only, the
+    rest of the split gets the ELBO, and metrics.json and the notes say so."""
+    from conftest import train_in_process
+
+    result = train_in_process(tmp_path, "trainer=debug", "model.arch=mlp", "model.hidden=[32]", "trainer.max_steps=2",
+                              "trainer.eval_every=0", "model.iw_samples=2000", "trainer.eval_limit=300",
+                              "trainer.eval_batch_size=100")
+    covered = result["images_per_metric"]["test"]
+    assert covered["neg_elbo_nats"] == 300 and covered["iw_nll_nats"] == 100 == covered["iw_bits_per_dim"]
+    assert any("iw_bits_per_dim, iw_nll_nats cover the first 100 of 300 images" in note for note in result["notes"])
+    assert result["test"]["iw_nll_nats"] > 0 and result["images_per_metric"]["val"]["neg_elbo_nats"] == 300

@@ -29,35 +29,40 @@ from torchvision import datasets, transforms
 from gentrain.composition import build_model, compose, to_config
 from gentrain.data.batches import Batch
 from gentrain.data.schemas import CIFAR10Config, DataInfo, MNISTConfig
+from gentrain.runtime import process_seconds
 
 
 class CIFAR10Batches(Dataset):
     """The training batches of the CIFAR-10 python version that are present (torchvision's CIFAR10 insists on
     all five, and ../shared/datasets holds a subset)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, transform):
         images, labels = [], []
         for path in sorted((root / "cifar-10-batches-py").glob("data_batch_*")):
             with path.open("rb") as f:
                 entry = pickle.load(f, encoding="latin1")
             images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels += entry["labels"]
-        self.images, self.labels = np.concatenate(images), labels
+        self.images, self.labels, self.transform = np.concatenate(images), labels, transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        return torch.from_numpy(self.images[index]), self.labels[index]
+        return self.transform(torch.from_numpy(self.images[index])), self.labels[index]
 
 
 def training_data(config, root: Path) -> tuple[Dataset, DataInfo]:
+    """The training images, resized per image in the DataLoader (the textbook way) when dataset.image_size asks."""
+    size = config.image_size
+    resize = [transforms.Resize((size, size), antialias=True)] if size else []
     if isinstance(config, MNISTConfig):
-        train = datasets.MNIST(str(root), train=True, download=False, transform=transforms.PILToTensor())
+        transform = transforms.Compose([transforms.PILToTensor(), *resize])
+        train = datasets.MNIST(str(root), train=True, download=False, transform=transform)
         # gentrain holds the last 10% out for validation
-        return Subset(train, range(54_000)), DataInfo(channels=1, height=28, width=28, levels=256, num_classes=10)
+        return Subset(train, range(54_000)), DataInfo(1, size or 28, size or 28, levels=256, num_classes=10)
     if isinstance(config, CIFAR10Config):
-        return CIFAR10Batches(root), DataInfo(channels=3, height=32, width=32, levels=256, num_classes=10)
+        return CIFAR10Batches(root, transforms.Compose(resize)), DataInfo(3, size or 32, size or 32, 256, 10)
     raise SystemExit(f"the plain loop knows mnist and cifar10, not {type(config).__name__}")
 
 
@@ -125,6 +130,8 @@ def main() -> None:
                 if update.after_step is not None:
                     update.after_step()
             step += 1
+            if step == 1:
+                print(json.dumps({"seconds_to_first_step": process_seconds()}), flush=True)
             if step % args.window == 0:
                 value = loss.item()  # also waits for the GPU, so the window is timed honestly
                 now = time.perf_counter()

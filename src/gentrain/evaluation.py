@@ -62,6 +62,7 @@ class Evaluator:
         self.sample_metrics = sample_metrics
         self.progress = progress  # bars on a terminal (progress lines elsewhere, always)
         self.use_labels = model.conditional
+        self.covered: dict[str, dict[str, int]] = {}  # split -> metric -> images its mean covers
 
     @contextlib.contextmanager
     def eval_mode(self, seed_offset: int = 1) -> Iterator[None]:
@@ -85,35 +86,52 @@ class Evaluator:
         size = len(getattr(self.dataset, split_name))
         return size if self.limit is None else min(size, self.limit)
 
-    def split(self, split_name: str, *, final: bool = False) -> dict[str, float]:
+    def split(self, split_name: str, *, final: bool = False, budget_seconds: Optional[float] = None) -> dict[str, float]:
         """Mean metrics over the split; `final` asks the model for its expensive end-of-run bounds.
 
-        With several processes each evaluates its shard and the sums are added up, so the numbers are those of
-        the whole split."""
+        When those would take longer than `budget_seconds` (the run's training time: the end of a short run must
+        not cost more than the run), they cover only the first batches that fit (at least one), the rest of the
+        split gets the ordinary metrics, and the log and notes say so: each mean is over the images it covered
+        (`covered`). With several processes each evaluates its shard and the sums are added up, so the numbers
+        are those of the whole split."""
         n = self.images(split_name)
         parallel = distributed.context()
         batches = eval_batches(getattr(self.dataset, split_name), self.batch_size, use_labels=self.use_labels,
                                limit=n, rank=parallel.rank, world_size=parallel.world_size)
         sums: dict[str, Tensor] = {}
-        count = torch.zeros((), device=self.device)
+        counts: dict[str, Tensor] = {}
+        final_batches: Optional[int] = None  # None: every batch gets the end-of-run bounds
         with self.eval_mode():
-            total = math.ceil((n // parallel.world_size + 1) / self.batch_size)
+            batch_count = math.ceil((n // parallel.world_size + 1) / self.batch_size)
             desc = f"{split_name}: {self.model.evaluation_text(final)}"
             started = time.perf_counter()
-            for index, batch in enumerate(track(batches, desc, total=total, unit="batch", bar=self.progress)):
+            for index, batch in enumerate(track(batches, desc, total=batch_count, unit="batch", bar=self.progress)):
                 with autocast(self.precision, self.device):
-                    values = self.model.evaluate(batch, final=final)
+                    values = self.model.evaluate(batch, final=final and (final_batches is None or index < final_batches))
                 if final and index == 0:  # say what the end-of-run pass costs before most of it is spent
-                    estimate = (time.perf_counter() - started) * total
-                    log.info("%s on %s images: about %s (timed on the first batch)", desc, f"{n:,}", duration(estimate))
+                    final_batches = self._announce(desc, n, time.perf_counter() - started, batch_count, budget_seconds)
                 for name, value in values.items():
-                    total = value.detach().float().sum(0)
-                    sums[name] = sums[name] + total if name in sums else total
-                count += len(batch)
+                    sums[name] = sums.get(name, 0) + value.detach().float().sum(0)
+                    counts[name] = counts.get(name, 0) + len(batch)
+            counted = {name: torch.tensor(float(counts[name]), device=self.device) for name in sums}
             for name in sorted(sums):  # the same order on every process
                 distributed.all_reduce_sum(sums[name])
-            distributed.all_reduce_sum(count)
-            return self.model.summarize({name: total / count for name, total in sums.items()})
+                distributed.all_reduce_sum(counted[name])
+            self.covered[split_name] = {name: int(count) for name, count in counted.items()}
+            return self.model.summarize({name: sums[name] / counted[name] for name in sums})
+
+    def _announce(self, desc: str, images: int, first_batch: float, batches: int,
+                  budget_seconds: Optional[float]) -> Optional[int]:
+        """Log what the end-of-run pass will cost; -> how many batches get the end-of-run bounds (None: all)."""
+        estimate = first_batch * batches
+        if budget_seconds is None or estimate <= budget_seconds:
+            log.info("%s on %s images: about %s (timed on the first batch)", desc, f"{images:,}", duration(estimate))
+            return None
+        fitting = max(1, int(budget_seconds / first_batch))
+        log.info("%s on %s images would take about %s, longer than the run's %s of training: the end-of-run bounds "
+                 "cover the first %s images (gentrain-eval computes them on all)", desc, f"{images:,}",
+                 duration(estimate), duration(budget_seconds), f"{min(images, fitting * self.batch_size):,}")
+        return fitting
 
     def sample_quality(self) -> dict[str, float]:
         """FID / KID of the model's samples when configured (computed by the main process), else nothing."""
@@ -129,4 +147,11 @@ class Evaluator:
             return self.model.visualize(batch, generator)
 
     def notes(self) -> list[str]:
-        return self.model.metric_notes() + (self.sample_metrics.notes() if self.sample_metrics is not None else [])
+        notes = self.model.metric_notes() + (self.sample_metrics.notes() if self.sample_metrics is not None else [])
+        for split, covered in self.covered.items():
+            most = max(covered.values(), default=0)
+            fewer = sorted(name for name, count in covered.items() if count < most)
+            if fewer:
+                notes.append(f"{split}: {', '.join(fewer)} cover the first {min(covered[n] for n in fewer):,} of "
+                             f"{most:,} images (the end-of-run bounds were sized to the run's training time)")
+        return notes

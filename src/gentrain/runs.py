@@ -28,6 +28,7 @@ from gentrain.ema import EMA
 from gentrain.errors import CheckpointError, ConfigError, RunDirectoryError, exit_statuses, one_line
 from gentrain.models.base import GenerativeModel
 from gentrain.rundir import read_yaml, require_writable
+from gentrain.runtime import use_channels_last
 
 
 def run_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Config]:
@@ -103,6 +104,8 @@ def load_run(run_dir: Path, *, checkpoint: str, overrides: list[str], device: to
     check_identity(state, identity(config.model, model_config, data), path)
     try:
         model = build_model(config.model, data).to(device)
+        if use_channels_last(config.trainer.channels_last, model, device):  # as the run trained and evaluated
+            model.to(memory_format=torch.channels_last)
         model.load_state_dict(state["model"])
         ema = None
         if state.get("ema") is not None:

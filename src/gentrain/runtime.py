@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import resource
+import time
 from typing import Optional
 
 import numpy as np
@@ -16,6 +17,7 @@ from gentrain.config import Precision
 from gentrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
+_IMPORTED = time.time()
 
 
 def pick_device(name: str) -> torch.device:
@@ -40,9 +42,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def use_channels_last(requested: Optional[bool], model: torch.nn.Module, device: torch.device) -> bool:
-    """trainer.channels_last: null = on for convolutional models on CUDA; never for models without convolutions."""
+    """trainer.channels_last: null = on for convolutional models on CUDA, and on a CPU for the models that say
+    it helps them there (channels_last_on_cpu); never for models without convolutions."""
     convolutional = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
-    return convolutional and (device.type == "cuda" if requested is None else requested)
+    if requested is None:
+        requested = device.type == "cuda" or getattr(model, "channels_last_on_cpu", False)
+    return convolutional and requested
 
 
 def check_precision(precision: Precision, device: torch.device) -> None:
@@ -109,6 +114,15 @@ def configure_threads(requested: Optional[int], processes: int) -> int:
             log.warning("the machine is busy (load average %.1f on %d cores): other programs share these cores, "
                         "so speed figures will be low", load, cores)
     return threads
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: the creation time of /proc/<pid>; elsewhere since gentrain was
+    imported)."""
+    try:
+        return time.time() - os.stat(f"/proc/{os.getpid()}").st_ctime
+    except OSError:
+        return time.time() - _IMPORTED
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -31,7 +31,7 @@ from gentrain.logger import RunLogger, write_json
 from gentrain.models.base import GenerativeModel
 from gentrain.optim import build_optimizer, build_scheduler
 from gentrain.progress import Progress
-from gentrain.runtime import check_precision, peak_memory_mb, use_channels_last
+from gentrain.runtime import check_precision, peak_memory_mb, process_seconds, use_channels_last
 from gentrain.update import Updater
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,10 @@ class Trainer:
                     break
                 self._train_step()
                 progress.update()
+                if first_step:  # what a user waits for before training starts: imports, data, model, checks
+                    startup = process_seconds()
+                    log.info("first training step done %.1f s after the process started", startup)
+                    self.logger.scalars({"perf/seconds_to_first_step": startup}, self.step)
                 if self.step % cfg.log_every == 0:
                     progress.set_postfix(self._postfix(self._log_train()))
                 elif first_step:  # numbers on the bar from the first step on, not only after log_every steps
@@ -227,7 +231,7 @@ class Trainer:
         already = self._last_validation is not None and self._last_validation[0] == self.step
         val = self._last_validation[1] if already else self._evaluate_and_save()
         try:
-            test = self.evaluator.split("test", final=True)
+            test = self.evaluator.split("test", final=True, budget_seconds=self.train_seconds)
         except Interrupted as stop:
             raise Interrupted(f"{stop} during the final test evaluation; the checkpoints are intact (the last is "
                               f"step {self.step}): compute the test metrics with gentrain-eval run={self.run_dir}",
@@ -242,6 +246,7 @@ class Trainer:
             "step": self.step, "epoch": self.batches.epoch, "train_seconds": round(self.train_seconds, 2),
             "nonfinite_steps_skipped": self.updater.skipped, "val": val, "test": test,
             "eval_images": {"val": self.evaluator.images("val"), "test": self.evaluator.images("test")},
+            "images_per_metric": self.evaluator.covered,
             "notes": notes,
         }
         if self.parallel.is_main:

@@ -21,7 +21,7 @@ import torch
 from gentrain.data.base import ImageDataset, ImageSplit, hold_out
 from gentrain.data.schemas import CIFAR10Config
 from gentrain.data.download import download, extract_tar, md5sum, missing_files_error
-from gentrain.data.images import resize_images
+from gentrain.data.images import resized_cached
 from gentrain.registry import loads
 from gentrain.errors import DataError
 
@@ -117,10 +117,13 @@ def load_cifar10(cfg: CIFAR10Config, root: Path) -> ImageDataset:
 
     def split(names: list[str]) -> ImageSplit:
         parts = [read_batch(folder / name) for name in names]
-        images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-        if cfg.image_size is not None:
-            images = resize_images(images, cfg.image_size)
-        return ImageSplit(images, torch.from_numpy(np.concatenate([p[1] for p in parts])))
+        return ImageSplit(torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                          torch.from_numpy(np.concatenate([p[1] for p in parts])))
 
     train, val = hold_out(split(present), cfg.val_fraction, cfg.split_seed)
-    return ImageDataset("cifar10", train, val, split(["test_batch"]), num_classes=10)
+    splits = {"train": train, "val": val, "test": split(["test_batch"])}
+    if cfg.image_size is not None:  # after the hold-out: no full-size resized copy is ever made of the training set
+        paths = [folder / name for name in [*present, "test_batch"]]
+        splits = resized_cached(folder, "cifar10", paths, cfg.image_size, splits,
+                                held_out=(cfg.val_fraction, cfg.split_seed))
+    return ImageDataset("cifar10", splits["train"], splits["val"], splits["test"], num_classes=10)

@@ -18,7 +18,7 @@ import torch
 from gentrain.data.base import ImageDataset, ImageSplit, hold_out
 from gentrain.data.schemas import MNISTConfig
 from gentrain.data.download import download, md5sum, missing_files_error
-from gentrain.data.images import resize_images
+from gentrain.data.images import resized_cached
 from gentrain.registry import loads
 from gentrain.errors import DataError
 
@@ -76,20 +76,20 @@ def _locate(raw_dir: Path, name: str, cfg: MNISTConfig) -> Path:
 @loads(MNISTConfig)
 def load_mnist(cfg: MNISTConfig, root: Path) -> ImageDataset:
     raw_dir = root / "MNIST" / "raw"
-    arrays = {name: read_idx(_locate(raw_dir, name, cfg)) for name in FILES}
-
-    def split(images: str, labels: str) -> ImageSplit:
-        x, y = arrays[images], arrays[labels]
+    files = {name: _locate(raw_dir, name, cfg) for name in FILES}
+    arrays = {name: read_idx(path) for name, path in files.items()}
+    images, labels = {}, {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x, y = arrays[f"{prefix}-images-idx3-ubyte"], arrays[f"{prefix}-labels-idx1-ubyte"]
         if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[1:] != (28, 28):
-            raise DataError(f"MNIST {images} and {labels} disagree: {x.shape} images, {y.shape} labels (expected "
-                            f"N x 28 x 28 images and N labels)")
+            raise DataError(f"MNIST {prefix}-images and {prefix}-labels disagree: {x.shape} images, {y.shape} labels "
+                            f"(expected N x 28 x 28 images and N labels)")
         if y.size and y.max() > 9:
-            raise DataError(f"MNIST {labels} holds the label {int(y.max())}: digits are 0-9 (corrupt file?)")
-        tensor = torch.from_numpy(x.copy()).unsqueeze(1)
-        if cfg.image_size is not None:
-            tensor = resize_images(tensor, cfg.image_size)
-        return ImageSplit(tensor, torch.from_numpy(y.astype(np.int64)))
-
-    train, val = hold_out(split("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), cfg.val_fraction, cfg.split_seed)
-    test = split("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    return ImageDataset("mnist", train, val, test, num_classes=10)
+            raise DataError(f"MNIST {prefix}-labels holds the label {int(y.max())}: digits are 0-9 (corrupt file?)")
+        images[split], labels[split] = torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+    train, val = hold_out(ImageSplit(images["train"], labels["train"]), cfg.val_fraction, cfg.split_seed)
+    splits = {"train": train, "val": val, "test": ImageSplit(images["test"], labels["test"])}
+    if cfg.image_size is not None:  # after the hold-out: no full-size resized copy is ever made of the training set
+        splits = resized_cached(raw_dir, "mnist", list(files.values()), cfg.image_size, splits,
+                                held_out=(cfg.val_fraction, cfg.split_seed))
+    return ImageDataset("mnist", splits["train"], splits["val"], splits["test"], num_classes=10)

@@ -57,6 +57,8 @@ class GenerativeModel(nn.Module):
     progress_terms: ClassVar[tuple[str, ...]] = ("loss",)  # logged terms shown on the progress bar and lines
     conditional: bool = False  # takes class labels (set from model.conditional by the models that can)
     has_temperature: ClassVar[bool] = False  # sample() scales its noise by a temperature
+    # NHWC weights on a CPU too (trainer.channels_last=null): for the models it was measured to speed up
+    channels_last_on_cpu: ClassVar[bool] = False
 
     def __init_subclass__(cls, config: Optional[type] = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -118,6 +118,7 @@ class GAN(GenerativeModel):
 
     main_metric = "fid"
     progress_terms = ("critic_loss", "generator_loss")
+    channels_last_on_cpu = True  # measured on CPU: the DCGAN networks train 10-15% faster
 
     def __init__(self, cfg: GANConfig, data: DataInfo, *, critic_norm: CriticNorm, spectral: bool = False):
         super().__init__(data)

