@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from gentrain.data.batches import Batch
 from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogisticMixture
 from gentrain.config import problems
 from gentrain.errors import ConfigError
-from gentrain.models.autoregressive import PixelOutput
+from gentrain.models.autoregressive import AutoregressiveNetwork, PixelOutput, SamplingSession
 from gentrain.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from gentrain.models.pixelcnn import PixelCNN, PixelCNNConfig
 from gentrain.nn import colour_groups
@@ -222,3 +223,45 @@ def test_config_errors_are_explained():
     # auto picks the exact discrete output for the data
     assert type(PixelCNN(PixelCNNConfig(), DataInfo(1, 28, 28, 2, 10)).likelihood).__name__ == "Bernoulli"
     assert type(PixelCNN(PixelCNNConfig(), rgb).likelihood).__name__ == "Categorical"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("channels,output,conditional", [
+    (3, PixelOutput.softmax, True), (1, PixelOutput.softmax, False), (3, PixelOutput.logistic_mixture, False),
+])
+def test_the_caching_sampler_uses_the_whole_networks_parameters(variant, channels, output, conditional):
+    """The sampling session computes each layer at the current pixel only, from kept maps: the parameters it
+    gives at every step equal the whole network's on the finished images (for the colours drawn at that step),
+    and with the same seed it draws the same images as the sampler that runs the whole network every step."""
+    levels, size = 6, 7
+    model = build(variant, DataInfo(channels, size, size, levels, 3 if conditional else None), output=output,
+                  conditional=conditional, num_layers=3, first_kernel_size=5).float()
+    labels = torch.tensor([0, 1, 2, 1]) if conditional else None
+    per_subpixel = output is not PixelOutput.logistic_mixture
+    groups = colour_groups(model.likelihood.num_params, channels if per_subpixel else 1)
+    images = torch.zeros(4, channels, size, size, dtype=torch.long)
+    inputs = model.network_input(images)
+    class_bias = model.network.embed_labels(labels)
+    session = model.network.session(inputs, class_bias)
+    assert type(session).__name__.endswith("PixelCNNSession")
+    used = torch.zeros(4, model.likelihood.num_params, size, size)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, j in itertools.product(range(size), range(size)):
+            for colour in range(channels) if per_subpixel else [None]:
+                params = session.params(i, j)
+                chosen = groups == colour if per_subpixel else groups >= 0
+                used[:, chosen, i, j] = params[:, chosen, 0, 0]
+                drawn = model.likelihood.sample(params, generator)[:, :, 0, 0]
+                at = slice(colour, colour + 1) if per_subpixel else slice(None)
+                images[:, at, i, j] = drawn[:, at]
+                inputs[:, at, i, j] = model.network_input(drawn[:, at])
+        whole = model.network(model.network_input(images), class_bias)
+    torch.testing.assert_close(used, whole, rtol=0, atol=1e-5)
+
+    fast = model.sample(4, labels=labels, generator=torch.Generator().manual_seed(1))
+    naive = SamplingSession  # the whole network at every step
+    with mock.patch.object(type(model.network), "session", lambda net, x, cb: naive(net, x, cb)), \
+            mock.patch.object(type(model.network), "params_at", AutoregressiveNetwork.params_at):
+        slow = model.sample(4, labels=labels, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(fast, slow)

@@ -69,6 +69,24 @@ class AutoregressiveNetwork(nn.Module):
         whole network (exact for any causal network), which subclasses may shorten."""
         return self(x, class_bias)[:, :, i : i + 1, j : j + 1]
 
+    def session(self, inputs: Tensor, class_bias: Optional[Tensor]) -> "SamplingSession":
+        """What draws an image pixel by pixel asks for parameters; networks that can reuse what earlier steps
+        computed return a session of their own."""
+        return SamplingSession(self, inputs, class_bias)
+
+
+class SamplingSession:
+    """The likelihood parameters of one pixel at a time while images are drawn (AutoregressiveModel.generate):
+    `params(i, j)` is called in raster order, once every input before (i, j), and the earlier colours of (i, j),
+    has been written into `inputs` (the scaled images, a tensor the sampler writes into). This one asks the
+    network's params_at every time."""
+
+    def __init__(self, network: AutoregressiveNetwork, inputs: Tensor, class_bias: Optional[Tensor]):
+        self.network, self.inputs, self.class_bias = network, inputs, class_bias
+
+    def params(self, i: int, j: int) -> Tensor:
+        return self.network.params_at(self.inputs, self.class_bias, i, j)
+
 
 class CausalConvNetwork(AutoregressiveNetwork):
     """A causal convolutional body `features(x, class_bias)` and a pointwise output head (the PixelCNN family).
@@ -157,18 +175,18 @@ class AutoregressiveModel(LikelihoodModel):
                  generator: Optional[torch.Generator], desc: str = "sample") -> Tensor:
         """Draw rows first_row.. of the integer images (B, C, H, W) pixel by pixel, in place; returns them.
 
-        Each step asks the network for one pixel's parameters (`params_at`); drawn values are written straight
-        into the already scaled network input.
+        Each step asks the network's sampling session for one pixel's parameters; drawn values are written
+        straight into the already scaled network input, which the session reads.
         """
         height, width = self.data.height, self.data.width
         inputs = self.network_input(images)
-        class_bias = self.network.embed_labels(labels)
+        session = self.network.session(inputs, self.network.embed_labels(labels))
         # Per sub-pixel outputs draw colour c after colours < c are known; a mixture draws the whole pixel.
         colour_steps = [slice(c, c + 1) for c in range(self.data.channels)] if self.per_subpixel else [slice(None)]
         for i in track(range(first_row, height), desc, unit="row"):
             for j in range(width):
                 for colours in colour_steps:
-                    params = self.network.params_at(inputs, class_bias, i, j)
+                    params = session.params(i, j)
                     drawn = self.likelihood.sample(params, generator)[:, colours, 0, 0]
                     images[:, colours, i, j] = drawn
                     inputs[:, colours, i, j] = self.network_input(drawn)

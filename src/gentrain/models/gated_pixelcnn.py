@@ -15,7 +15,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from gentrain.data.schemas import DataInfo
-from gentrain.models.autoregressive import AutoregressiveModel, CausalConvNetwork, layer_biases
+from gentrain.models.autoregressive import AutoregressiveModel, CausalConvNetwork, SamplingSession, layer_biases
 from gentrain.models.schemas.autoregressive import GatedPixelCNNConfig
 from gentrain.nn import CausalConv2d, MaskType, VerticalConv, gated_activation, pointwise_conv, shift_down
 
@@ -36,13 +36,21 @@ class GatedLayer(nn.Module):
         self.horizontal_out = pointwise_conv(channels, channels, colours)
 
     def forward(self, v: Tensor, h: Tensor, class_bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        v_pre = self.vertical(v)
-        h_pre = self.horizontal(h) + self.vertical_to_horizontal(v_pre)
+        return self.combine(self.vertical(v), self.horizontal(h), h, class_bias)
+
+    def combine(self, v_pre: Tensor, h_conv: Tensor, h: Tensor, class_bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Both stacks' outputs from the vertical convolution, the horizontal one and the horizontal input (whole
+        maps, or one pixel)."""
+        h_pre = h_conv + self.vertical_to_horizontal(v_pre)
+        v_out = self.vertical_out(v_pre, class_bias)
         if class_bias is not None:
-            v_bias, h_bias = class_bias.chunk(2, dim=1)
-            v_pre, h_pre = v_pre + v_bias, h_pre + h_bias
+            h_pre = h_pre + class_bias.chunk(2, dim=1)[1]
         h_out = self.horizontal_out(gated_activation(h_pre))
-        return gated_activation(v_pre), h_out if self.first else h + h_out
+        return v_out, h_out if self.first else h + h_out
+
+    @staticmethod
+    def vertical_out(v_pre: Tensor, class_bias: Optional[Tensor]) -> Tensor:
+        return gated_activation(v_pre if class_bias is None else v_pre + class_bias.chunk(2, dim=1)[0])
 
 
 class GatedPixelCNNNetwork(CausalConvNetwork):
@@ -64,6 +72,53 @@ class GatedPixelCNNNetwork(CausalConvNetwork):
         for layer, bias in zip(self.layers, layer_biases(class_bias, self.bias_sizes)):
             v, h = layer(v, h, bias)
         return h
+
+    def session(self, inputs: Tensor, class_bias: Optional[Tensor]) -> "GatedPixelCNNSession":
+        return GatedPixelCNNSession(self, inputs, class_bias)
+
+
+class GatedPixelCNNSession(SamplingSession):
+    """Sampling that computes nothing twice (see PixelCNNSession): the vertical stack sees only the rows above,
+    so each layer's vertical row is computed once, when a row starts; the horizontal stack is computed at pixel
+    (i, j) alone from the kept input maps of each layer's horizontal convolution."""
+
+    def __init__(self, network: GatedPixelCNNNetwork, inputs: Tensor, class_bias: Optional[Tensor]):
+        super().__init__(network, inputs, class_bias)
+        self.biases = layer_biases(class_bias, network.bias_sizes)
+        self.weights = [layer.horizontal.masked_weight() for layer in network.layers]
+        self.row: Optional[int] = None
+        # One pass fills the maps exactly where the inputs are final (see PixelCNNSession).
+        self.vertical_in, self.vertical_pre, self.horizontal_in = [], [], []
+        v, h = shift_down(inputs), inputs
+        for layer, bias in zip(network.layers, self.biases):
+            self.vertical_in.append(v)
+            self.horizontal_in.append(h)
+            self.vertical_pre.append(layer.vertical(v))
+            v, h = layer.combine(self.vertical_pre[-1], layer.horizontal(h), h, bias)
+
+    def _start_row(self, i: int) -> None:
+        self.row = i
+        if i > 0:
+            self.vertical_in[0][:, :, i] = self.inputs[:, :, i - 1]
+        layers = self.network.layers
+        for index, (layer, bias) in enumerate(zip(layers, self.biases)):
+            v_pre = layer.vertical.row(self.vertical_in[index], i)
+            self.vertical_pre[index][:, :, i] = v_pre[:, :, 0]
+            if index + 1 < len(layers):
+                self.vertical_in[index + 1][:, :, i] = layer.vertical_out(v_pre, bias)[:, :, 0]
+
+    def params(self, i: int, j: int) -> Tensor:
+        if i != self.row:
+            self._start_row(i)
+        layers = self.network.layers
+        for index, (layer, bias, weight) in enumerate(zip(layers, self.biases, self.weights)):
+            h_in = self.horizontal_in[index]
+            pixel = (slice(None), slice(None), slice(i, i + 1), slice(j, j + 1))
+            _, h = layer.combine(self.vertical_pre[index][pixel], layer.horizontal.at(h_in, i, j, weight),
+                                 h_in[pixel], bias)
+            if index + 1 < len(layers):
+                self.horizontal_in[index + 1][:, :, i, j] = h[:, :, 0, 0]
+        return self.network.head(h)
 
 
 class GatedPixelCNN(AutoregressiveModel, config=GatedPixelCNNConfig):

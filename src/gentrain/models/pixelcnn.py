@@ -13,7 +13,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from gentrain.data.schemas import DataInfo
-from gentrain.models.autoregressive import AutoregressiveModel, CausalConvNetwork, layer_biases
+from gentrain.models.autoregressive import AutoregressiveModel, CausalConvNetwork, SamplingSession, layer_biases
 from gentrain.models.schemas.autoregressive import PixelCNNConfig
 from gentrain.nn import MaskType, masked_square_conv, pointwise_conv
 
@@ -27,7 +27,10 @@ class MaskedResidualBlock(nn.Module):
         self.expand = nn.Sequential(nn.ReLU(), pointwise_conv(inner, channels, colours))
 
     def forward(self, h: Tensor, class_bias: Optional[Tensor]) -> Tensor:
-        inner = self.conv(self.reduce(h))
+        return self.combine(h, self.conv(self.reduce(h)), class_bias)
+
+    def combine(self, h: Tensor, inner: Tensor, class_bias: Optional[Tensor]) -> Tensor:
+        """The block's output from its input and its k x k convolution's output (whole maps, or one pixel)."""
         if class_bias is not None:
             inner = inner + class_bias
         return h + self.expand(inner)
@@ -47,6 +50,38 @@ class PixelCNNNetwork(CausalConvNetwork):
         for block, bias in zip(self.blocks, layer_biases(class_bias, self.bias_sizes)):
             h = block(h, bias)
         return h
+
+    def session(self, inputs: Tensor, class_bias: Optional[Tensor]) -> "PixelCNNSession":
+        return PixelCNNSession(self, inputs, class_bias)
+
+
+class PixelCNNSession(SamplingSession):
+    """Sampling that computes nothing twice (the caching of Ramachandran et al., 2017, "Fast Generation for
+    Convolutional Autoregressive Models"): the input map of every k x k convolution is kept, and each step
+    computes every layer at pixel (i, j) alone from those maps. Every layer's output at (i, j) depends only on
+    its input before (i, j) (and at (i, j) for mask B), which earlier steps wrote, so the parameters are those of
+    the whole network (up to the order of floating-point sums)."""
+
+    def __init__(self, network: PixelCNNNetwork, inputs: Tensor, class_bias: Optional[Tensor]):
+        super().__init__(network, inputs, class_bias)
+        blocks = network.blocks
+        self.biases = layer_biases(class_bias, network.bias_sizes)
+        self.weights = [network.input_conv.masked_weight(), *(block.conv.masked_weight() for block in blocks)]
+        # One pass over the inputs as they are fills the maps exactly where the inputs are final (the rows a
+        # completion is given); every other position is rewritten, pixel by pixel, before a later step reads it.
+        self.maps = []
+        h = network.input_conv(inputs)
+        for block, bias in zip(blocks, self.biases):
+            self.maps.append(block.reduce(h))
+            h = block.combine(h, block.conv(self.maps[-1]), bias)
+
+    def params(self, i: int, j: int) -> Tensor:
+        network = self.network
+        h = network.input_conv.at(self.inputs, i, j, self.weights[0])
+        for block, bias, weight, reduced in zip(network.blocks, self.biases, self.weights[1:], self.maps):
+            reduced[:, :, i, j] = block.reduce(h)[:, :, 0, 0]
+            h = block.combine(h, block.conv.at(reduced, i, j, weight), bias)
+        return network.head(h)
 
 
 class PixelCNN(AutoregressiveModel, config=PixelCNNConfig):

@@ -79,6 +79,18 @@ def causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], anchor: tuple
     return out[:, :, :height, side - left : side - left + width]
 
 
+def conv_at(x: Tensor, weight: Tensor, bias: Optional[Tensor], anchor: tuple[int, int], i: int, j: int) -> Tensor:
+    """causal_conv's output at pixel (i, j) alone, (B, out, 1, 1): the kernel applied to the window it reads."""
+    kh, kw = weight.shape[-2:]
+    top, left = anchor
+    row, column = i - top, j - left
+    window = x[:, :, max(row, 0) : i + 1, max(column, 0) : column + kw]
+    missing = (max(0, -column), max(0, column + kw - x.shape[-1]), max(0, -row), 0)
+    if any(missing):  # the window reaches over the image's border: the zeros causal_conv pads with
+        window = F.pad(window, missing)
+    return F.conv2d(window, weight, bias)
+
+
 class CausalConv2d(nn.Conv2d):
     """A masked convolution whose output keeps the input's height and width (`causal_conv`).
 
@@ -111,6 +123,15 @@ class CausalConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return causal_conv(x, self.weight * self.mask, self.bias, self.anchor)
 
+    def masked_weight(self) -> Tensor:
+        return self.weight * self.mask
+
+    def at(self, x: Tensor, i: int, j: int, weight: Optional[Tensor] = None) -> Tensor:
+        """The output at pixel (i, j) alone, (B, out, 1, 1), from the input map x: only the taps the kernel reads
+        there need to hold their values (incremental sampling keeps such maps). `weight`: masked_weight(),
+        computed once by a caller that calls this many times."""
+        return conv_at(x, self.masked_weight() if weight is None else weight, self.bias, self.anchor, i, j)
+
 
 def masked_square_conv(in_channels: int, out_channels: int, kernel: int, mask_type: MaskType, colours: int) -> CausalConv2d:
     """The PixelCNN's k x k masked convolution (k odd), stored as its (k//2 + 1) x k upper part."""
@@ -137,6 +158,14 @@ class VerticalConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return causal_conv(x, self.conv.weight, self.conv.bias, self.anchor)
+
+    def row(self, x: Tensor, i: int) -> Tensor:
+        """Output row i alone, (B, out, 1, W), from the rows of the input map x up to i."""
+        top = self.anchor[0]
+        window = x[:, :, max(0, i - top) : i + 1]
+        if i < top:
+            window = F.pad(window, (0, 0, top - i, 0))
+        return F.conv2d(window, self.conv.weight, self.conv.bias, padding=(0, self.anchor[1]))
 
 
 def shift_down(x: Tensor) -> Tensor:
