@@ -10,10 +10,9 @@
     python scripts/bench_pixelcnn_sampling.py --batches 16 --rows 4  # time 4 rows instead of 2
     OMP_NUM_THREADS=1 python scripts/bench_pixelcnn_sampling.py      # on a shared CPU
 
-The weights are untrained (the speed does not depend on them). Only the last --rows rows of each image are drawn
-(the naive sampler needs minutes for one whole image) and the rate is scaled to whole images: every row costs the
-same for the naive and cached samplers (the cached one's setting-up pass counts against it); for the window
-sampler the last rows are the dearest, so its figure is a lower bound.
+The weights are untrained (the speed does not depend on them). The window and cached samplers draw whole images;
+the naive one, which needs minutes per image, draws the last --rows rows and its rate is scaled to whole images
+(each of its rows costs the same).
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ def samplers(network: type) -> dict[str, list]:
 
 
 def seconds_per_image(model, batch: int, rows: int, device: torch.device) -> float:
+    """Seconds per whole image, from drawing the last `rows` rows of `batch` images."""
     d = model.data
     images = torch.zeros(batch, d.channels, d.height, d.width, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -63,13 +63,13 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 16, 64])
     parser.add_argument("--samplers", nargs="*", default=["naive", "window", "cached"])
-    parser.add_argument("--rows", type=int, default=2, help="rows drawn per timing (the rate is per whole image)")
+    parser.add_argument("--rows", type=int, default=2, help="rows the naive sampler draws (its rate is scaled)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    print(f"Device {device}, torch threads {torch.get_num_threads()}; samples/s of whole images (from the time "
-          f"to draw the last {args.rows} rows), default model configs, untrained weights.\n")
+    print(f"Device {device}, torch threads {torch.get_num_threads()}; samples/s of whole images (naive: from the "
+          f"time to draw the last {args.rows} rows), default model configs, untrained weights.\n")
     print("| model | shape | batch | " + " | ".join(f"{s} samples/s" for s in args.samplers) + " | cached / naive |")
     print("|---" * (4 + len(args.samplers)) + "|")
     for name in args.models:
@@ -84,7 +84,8 @@ def main() -> None:
                         patch.start()
                     try:
                         with torch.no_grad():
-                            rates[sampler] = 1 / seconds_per_image(model, batch, args.rows, device)
+                            rows = args.rows if sampler == "naive" else model.data.height
+                            rates[sampler] = 1 / seconds_per_image(model, batch, rows, device)
                     finally:
                         for patch in patches:
                             patch.stop()

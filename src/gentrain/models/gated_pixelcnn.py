@@ -10,14 +10,14 @@ models/autoregressive.py.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from torch import Tensor, nn
 
 from gentrain.data.schemas import DataInfo
 from gentrain.models.autoregressive import AutoregressiveModel, CausalConvNetwork, SamplingSession, layer_biases
 from gentrain.models.schemas.autoregressive import GatedPixelCNNConfig
-from gentrain.nn import CausalConv2d, MaskType, VerticalConv, gated_activation, pointwise_conv, shift_down
+from gentrain.nn import CausalConv2d, MaskType, VerticalConv, gated_activation, pixelwise, pointwise_conv, shift_down
 
 
 class GatedLayer(nn.Module):
@@ -38,14 +38,15 @@ class GatedLayer(nn.Module):
     def forward(self, v: Tensor, h: Tensor, class_bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         return self.combine(self.vertical(v), self.horizontal(h), h, class_bias)
 
-    def combine(self, v_pre: Tensor, h_conv: Tensor, h: Tensor, class_bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Both stacks' outputs from the vertical convolution, the horizontal one and the horizontal input (whole
-        maps, or one pixel)."""
-        h_pre = h_conv + self.vertical_to_horizontal(v_pre)
+    def combine(self, v_pre: Tensor, h_conv: Tensor, h: Tensor, class_bias: Optional[Tensor],
+                apply: Callable = nn.Module.__call__) -> tuple[Tensor, Tensor]:
+        """Both stacks' outputs from the vertical convolution, the horizontal one and the horizontal input: whole
+        maps, or one pixel's features with apply=pixelwise."""
+        h_pre = h_conv + apply(self.vertical_to_horizontal, v_pre)
         v_out = self.vertical_out(v_pre, class_bias)
         if class_bias is not None:
             h_pre = h_pre + class_bias.chunk(2, dim=1)[1]
-        h_out = self.horizontal_out(gated_activation(h_pre))
+        h_out = apply(self.horizontal_out, gated_activation(h_pre))
         return v_out, h_out if self.first else h + h_out
 
     @staticmethod
@@ -85,6 +86,7 @@ class GatedPixelCNNSession(SamplingSession):
     def __init__(self, network: GatedPixelCNNNetwork, inputs: Tensor, class_bias: Optional[Tensor]):
         super().__init__(network, inputs, class_bias)
         self.biases = layer_biases(class_bias, network.bias_sizes)
+        self.pixel_biases = [None if b is None else b[:, :, 0, 0] for b in self.biases]  # for (B, C) features
         self.weights = [layer.horizontal.masked_weight() for layer in network.layers]
         self.row: Optional[int] = None
         # One pass fills the maps exactly where the inputs are final (see PixelCNNSession).
@@ -111,14 +113,13 @@ class GatedPixelCNNSession(SamplingSession):
         if i != self.row:
             self._start_row(i)
         layers = self.network.layers
-        for index, (layer, bias, weight) in enumerate(zip(layers, self.biases, self.weights)):
+        for index, (layer, bias, weight) in enumerate(zip(layers, self.pixel_biases, self.weights)):
             h_in = self.horizontal_in[index]
-            pixel = (slice(None), slice(None), slice(i, i + 1), slice(j, j + 1))
-            _, h = layer.combine(self.vertical_pre[index][pixel], layer.horizontal.at(h_in, i, j, weight),
-                                 h_in[pixel], bias)
+            _, h = layer.combine(self.vertical_pre[index][:, :, i, j], layer.horizontal.at(h_in, i, j, weight),
+                                 h_in[:, :, i, j], bias, apply=pixelwise)
             if index + 1 < len(layers):
-                self.horizontal_in[index + 1][:, :, i, j] = h[:, :, 0, 0]
-        return self.network.head(h)
+                self.horizontal_in[index + 1][:, :, i, j] = h
+        return pixelwise(self.network.head, h)[:, :, None, None]
 
 
 class GatedPixelCNN(AutoregressiveModel, config=GatedPixelCNNConfig):

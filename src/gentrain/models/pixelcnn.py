@@ -8,14 +8,14 @@ sampling: models/autoregressive.py.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from torch import Tensor, nn
 
 from gentrain.data.schemas import DataInfo
 from gentrain.models.autoregressive import AutoregressiveModel, CausalConvNetwork, SamplingSession, layer_biases
 from gentrain.models.schemas.autoregressive import PixelCNNConfig
-from gentrain.nn import MaskType, masked_square_conv, pointwise_conv
+from gentrain.nn import MaskType, masked_square_conv, pixelwise, pointwise_conv
 
 
 class MaskedResidualBlock(nn.Module):
@@ -29,11 +29,12 @@ class MaskedResidualBlock(nn.Module):
     def forward(self, h: Tensor, class_bias: Optional[Tensor]) -> Tensor:
         return self.combine(h, self.conv(self.reduce(h)), class_bias)
 
-    def combine(self, h: Tensor, inner: Tensor, class_bias: Optional[Tensor]) -> Tensor:
-        """The block's output from its input and its k x k convolution's output (whole maps, or one pixel)."""
+    def combine(self, h: Tensor, inner: Tensor, class_bias: Optional[Tensor], apply: Callable = nn.Module.__call__) -> Tensor:
+        """The block's output from its input and its k x k convolution's output: whole maps, or one pixel's
+        features with apply=pixelwise."""
         if class_bias is not None:
             inner = inner + class_bias
-        return h + self.expand(inner)
+        return h + apply(self.expand, inner)
 
 
 class PixelCNNNetwork(CausalConvNetwork):
@@ -65,13 +66,14 @@ class PixelCNNSession(SamplingSession):
     def __init__(self, network: PixelCNNNetwork, inputs: Tensor, class_bias: Optional[Tensor]):
         super().__init__(network, inputs, class_bias)
         blocks = network.blocks
-        self.biases = layer_biases(class_bias, network.bias_sizes)
+        biases = layer_biases(class_bias, network.bias_sizes)
+        self.biases = [None if b is None else b[:, :, 0, 0] for b in biases]  # for one pixel's features (B, C)
         self.weights = [network.input_conv.masked_weight(), *(block.conv.masked_weight() for block in blocks)]
         # One pass over the inputs as they are fills the maps exactly where the inputs are final (the rows a
         # completion is given); every other position is rewritten, pixel by pixel, before a later step reads it.
         self.maps = []
         h = network.input_conv(inputs)
-        for block, bias in zip(blocks, self.biases):
+        for block, bias in zip(blocks, biases):
             self.maps.append(block.reduce(h))
             h = block.combine(h, block.conv(self.maps[-1]), bias)
 
@@ -79,9 +81,9 @@ class PixelCNNSession(SamplingSession):
         network = self.network
         h = network.input_conv.at(self.inputs, i, j, self.weights[0])
         for block, bias, weight, reduced in zip(network.blocks, self.biases, self.weights[1:], self.maps):
-            reduced[:, :, i, j] = block.reduce(h)[:, :, 0, 0]
-            h = block.combine(h, block.conv.at(reduced, i, j, weight), bias)
-        return network.head(h)
+            reduced[:, :, i, j] = pixelwise(block.reduce, h)
+            h = block.combine(h, block.conv.at(reduced, i, j, weight), bias, apply=pixelwise)
+        return pixelwise(network.head, h)[:, :, None, None]
 
 
 class PixelCNN(AutoregressiveModel, config=PixelCNNConfig):

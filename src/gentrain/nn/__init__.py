@@ -19,6 +19,7 @@ from gentrain.nn.masked import (
     colour_groups,
     gated_activation,
     masked_square_conv,
+    pixelwise,
     pointwise_conv,
     shift_down,
 )
@@ -26,5 +27,5 @@ from gentrain.nn.masked import (
 __all__ = [
     "ActNorm", "CausalConv2d", "Coupling", "CouplingMask", "CouplingNet", "LogitTransform", "MaskType",
     "VerticalConv", "causal_mask", "checkerboard", "colour_groups", "gated_activation", "masked_square_conv",
-    "pointwise_conv", "shift_down", "squeeze", "standard_normal_log_prob", "unsqueeze",
+    "pixelwise", "pointwise_conv", "shift_down", "squeeze", "standard_normal_log_prob", "unsqueeze",
 ]
