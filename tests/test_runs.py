@@ -138,7 +138,7 @@ def test_results_table_is_built_from_run_directories(vae_run: Path) -> None:
         capture_output=True, text=True, check=True,
     )
     header, rule, row = result.stdout.strip().splitlines()
-    assert "test/neg_elbo_nats" in header and "| vae | mnist | 6 x 16 |" in row
+    assert "test/neg_elbo_nats" in header and "| vae | mnist | 6 x 8 |" in row
     value = json.loads((vae_run / "metrics.json").read_text())["test"]["neg_elbo_nats"]
     assert f"{value:.2f}" in row and "`gentrain trainer=debug" in row
 

@@ -21,8 +21,9 @@ QUICK = ("trainer=debug", "model.iw_samples=4", "trainer.eval_limit=100", "train
 
 
 def test_channels_last_is_applied_by_the_trainer(tmp_path: Path, shared_data: Path) -> None:
-    train_in_process(tmp_path / "nchw", *QUICK, "trainer.max_steps=2")  # null: on CUDA only
-    result = train_in_process(tmp_path / "nhwc", *QUICK, "trainer.max_steps=2", "trainer.channels_last=true")
+    train_in_process(tmp_path / "nchw", *QUICK, "trainer.max_steps=2", "trainer.channels_last=false")
+    # null: on CUDA, and on a CPU for the models measured faster with it (the VAE, the GANs)
+    result = train_in_process(tmp_path / "nhwc", *QUICK, "trainer.max_steps=2")
     assert math.isfinite(result["val"]["bits_per_dim"])
     nchw = load_checkpoint(tmp_path / "nchw" / "checkpoints" / "step_00000002.pt")["model"]
     nhwc = load_checkpoint(tmp_path / "nhwc" / "checkpoints" / "step_00000002.pt")["model"]

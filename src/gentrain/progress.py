@@ -29,7 +29,9 @@ def duration(seconds: float) -> str:
     """4s, 3m12s, 2h05m."""
     if not math.isfinite(seconds):
         return "?"
-    seconds = max(0, int(round(seconds)))
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f}s"
+    seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

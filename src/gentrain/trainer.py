@@ -231,7 +231,8 @@ class Trainer:
         already = self._last_validation is not None and self._last_validation[0] == self.step
         val = self._last_validation[1] if already else self._evaluate_and_save()
         try:
-            test = self.evaluator.split("test", final=True, budget_seconds=self.train_seconds)
+            # Sized to the run (a few seconds are never worth a shorter bound): see Evaluator.split.
+            test = self.evaluator.split("test", final=True, budget_seconds=max(self.train_seconds, 10.0))
         except Interrupted as stop:
             raise Interrupted(f"{stop} during the final test evaluation; the checkpoints are intact (the last is "
                               f"step {self.step}): compute the test metrics with gentrain-eval run={self.run_dir}",
