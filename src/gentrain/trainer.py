@@ -112,7 +112,9 @@ class Trainer:
                             bar=cfg.progress_bar and self.parallel.is_main, lines_on_update=False,
                             interval=cfg.log_seconds if self.parallel.is_main else math.inf)
         first_step = True
-        with logging_redirect_tqdm(), progress, deferred_stop() as signals:
+        with logging_redirect_tqdm(), progress, deferred_stop() as signals, warnings.catch_warnings():
+            # The schedules follow the step count, skipped (non-finite) steps included.
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             while True:
                 time_is_up, signalled = distributed.any_process(  # clocks and signals are per process: all agree
                     [bool(cfg.max_minutes and self._wall_minutes() >= cfg.max_minutes), bool(signals)], self.device)
@@ -146,10 +148,8 @@ class Trainer:
                                  f"trainer.precision=fp32") from None
         if self.ema is not None:
             self.ema.update()
-        with warnings.catch_warnings():  # the schedule follows the step count, skipped steps included
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
-            for scheduler in self.schedulers.values():
-                scheduler.step()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
         for module in self._to_compile:
             module.compile()  # in place (no `_orig_mod.` prefix), so checkpoints load with or without compile
         self._to_compile = []

@@ -67,7 +67,7 @@ class Updater:
             )
         self.nonfinite_in_a_row = 0
         self.skipped = 0  # non-finite steps skipped so far (part of the run's state)
-        self._window: dict[tuple[str, ...], list[Tensor]] = {}  # logged names -> one stacked tensor per step
+        self._window: dict[tuple[str, ...], list[tuple[Tensor, ...]]] = {}  # logged names -> their values per step
 
     def step(self, batch: Batch, step: int) -> None:
         for index, update in enumerate(self.updates):
@@ -88,9 +88,8 @@ class Updater:
             self.scaler.step(optimizer)
             if update.after_step is not None:
                 update.after_step()
-            names = (*out.logs, f"grad_norm/{update.optimizer}")
-            values = torch.stack([v.detach().float().reshape(()) for v in (*out.logs.values(), grad_norm)])
-            self._window.setdefault(names, []).append(values)
+            # Kept as they are: stacking and averaging wait for the logging step (take_means).
+            self._window.setdefault((*out.logs, f"grad_norm/{update.optimizer}"), []).append((*out.logs.values(), grad_norm))
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
@@ -103,12 +102,12 @@ class Updater:
             return torch.zeros((), device=self.device)
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
+    def _only_trainable(self, optimizer: str) -> contextlib.AbstractContextManager:
+        return self._frozen_others(optimizer) if len(self.params) > 1 else contextlib.nullcontext()
+
     @contextlib.contextmanager
-    def _only_trainable(self, optimizer: str) -> Iterator[None]:
+    def _frozen_others(self, optimizer: str) -> Iterator[None]:
         """Freeze the parameters of the other optimizers, so an update computes no gradients it throws away."""
-        if len(self.params) == 1:
-            yield
-            return
         own = {id(p) for p in self.params[optimizer]}
         frozen = [p for name, ps in self.params.items() if name != optimizer for p in ps if id(p) not in own]
         for p in frozen:
@@ -145,8 +144,9 @@ class Updater:
     def take_means(self) -> dict[str, float]:
         """Mean of every logged term over the steps since the last call (one device sync), and a new window."""
         means: dict[str, float] = {}
-        for names, values in self._window.items():
-            means.update(zip(names, torch.stack(values).mean(0).tolist()))
+        for names, steps in self._window.items():
+            values = torch.stack([torch.stack([v.detach().float().reshape(()) for v in step]) for step in steps])
+            means.update(zip(names, values.mean(0).tolist()))
         self._window = {}
         return means
 
