@@ -25,7 +25,7 @@ import torch
 
 from gentrain.composition import build_model, compose, to_config
 from gentrain.data.schemas import DataInfo
-from gentrain.models.autoregressive import AutoregressiveNetwork, CausalConvNetwork, SamplingSession
+from gentrain.models.autoregressive import AutoregressiveNetwork, CausalNetwork, SamplingSession
 
 SHAPES = {"mnist": DataInfo(1, 28, 28, 256, 10), "cifar10": DataInfo(3, 32, 32, 256, 10)}
 
@@ -37,7 +37,7 @@ def samplers(network: type) -> dict[str, list]:
         "naive": [mock.patch.object(network, "session", session),
                   mock.patch.object(network, "params_at", AutoregressiveNetwork.params_at)],
         "window": [mock.patch.object(network, "session", session),
-                   mock.patch.object(network, "params_at", CausalConvNetwork.params_at)],
+                   mock.patch.object(network, "params_at", CausalNetwork.params_at)],
         "cached": [],
     }
 

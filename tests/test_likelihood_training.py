@@ -20,6 +20,8 @@ TINY = {
     "pixelcnn": ["model.hidden_channels=16", "model.num_layers=2", "model.head_channels=16"],
     "gated_pixelcnn": ["model.hidden_channels=8", "model.num_layers=2", "model.head_channels=16"],
     "realnvp": ["model.hidden_channels=8", "model.residual_blocks=1"],
+    "pixelrnn": ["model.hidden_channels=8", "model.num_layers=2", "model.head_channels=16"],
+    "made": ["model.hidden=[64]"],
 }
 # 12x12 MNIST keeps the pixel-by-pixel sample grids of every evaluation cheap.
 QUICK = [
@@ -39,6 +41,9 @@ def val_curve(run_dir) -> list[float]:
     ("gated_pixelcnn", ["model.conditional=true"]),
     ("realnvp", ["model.coupling=additive"]),
     ("realnvp", []),
+    ("pixelrnn", []),
+    ("pixelrnn", ["model.layer=row_lstm"]),
+    ("made", ["model.num_masks=2"]),
 ])
 def test_models_train_on_mnist_with_falling_finite_bits_per_dim(tmp_path, shared_data, model, extra):
     result = train_in_process(tmp_path, f"model={model}", *TINY[model], *QUICK, *extra)
@@ -77,22 +82,29 @@ def test_impossible_configs_fail_with_one_line(tmp_path, shared_data):
     assert "model.num_scales=4" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("preset,params", [
-    ("pixelcnn_cifar10", (2e6, 10e6)),
-    ("gated_pixelcnn_cifar10", (50e6, 200e6)),
-    ("realnvp_cifar10", (5e6, 30e6)),
-    ("pixelcnn_cpu", (1e4, 1e6)),
-    ("gated_pixelcnn_cpu", (1e4, 1e6)),
-    ("realnvp_cpu", (1e4, 1e6)),
+CIFAR10, BINARIZED_MNIST = DataInfo(3, 32, 32, 256, 10), DataInfo(1, 28, 28, 2, 10)
+
+
+@pytest.mark.parametrize("preset,params,data", [
+    ("pixelcnn_cifar10", (2e6, 10e6), CIFAR10),
+    ("gated_pixelcnn_cifar10", (50e6, 200e6), CIFAR10),
+    ("realnvp_cifar10", (5e6, 30e6), CIFAR10),
+    ("pixelrnn_cifar10", (3e6, 30e6), CIFAR10),
+    ("pixelcnn_cpu", (1e4, 1e6), CIFAR10),
+    ("gated_pixelcnn_cpu", (1e4, 1e6), CIFAR10),
+    ("realnvp_cpu", (1e4, 1e6), CIFAR10),
+    ("pixelrnn_cpu", (1e4, 1e6), CIFAR10),
+    ("made_cpu", (1e6, 1e8), CIFAR10),
+    ("pixelrnn_binarized_mnist", (1e4, 1e6), BINARIZED_MNIST),
+    ("made_binarized_mnist", (5e5, 1e6), BINARIZED_MNIST),  # 784 -> 500 -> 784
 ])
-def test_experiment_presets_build_and_run_a_loss_shape_check(preset, params):
-    """The presets compose, build on CIFAR-10's shape, and a loss runs through them (on the meta device:
+def test_experiment_presets_build_and_run_a_loss_shape_check(preset, params, data):
+    """The presets compose, build on their data's shape, and a loss runs through them (on the meta device:
     shapes only, no memory or compute, so the paper-sized networks cost nothing here)."""
     cfg = to_config(compose_config(f"experiment={preset}"))
-    data = DataInfo(3, 32, 32, 256, 10)
     with torch.device("meta"):
         model = build_model(cfg.model, data).eval()  # eval: ActNorm's data-dependent init needs real values
-        batch = Batch(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), None)
+        batch = Batch(torch.zeros(2, data.channels, data.height, data.width, dtype=torch.uint8), None)
         out = model.loss(batch, 0)
     assert out.loss.shape == ()
     count = sum(p.numel() for p in model.parameters())

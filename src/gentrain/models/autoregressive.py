@@ -6,13 +6,13 @@ A subclass supplies only its network (an `AutoregressiveNetwork`): scaled images
 only (and on earlier colours of (i, j) when the output is per sub-pixel). The log-likelihood of an image is then
 the sum of exact discrete log-probabilities, and bits/dim = NLL / (D ln 2) with nothing left out. The sampler
 asks the network for one pixel's parameters at a time (`params_at`): any causal network works as it is, and a
-network can answer faster by reusing what it knows (`CausalConvNetwork` runs only the window its receptive field
+network can answer faster by reusing what it knows (`CausalNetwork` runs only the window its receptive field
 covers).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -23,14 +23,16 @@ from gentrain.data.batches import Batch
 from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogisticMixture, PixelLikelihood
 from gentrain.errors import ConfigError
 from gentrain.models.likelihood import LikelihoodModel
-from gentrain.models.schemas.autoregressive import AutoregressiveConfig, PixelOutput
+from gentrain.models.schemas.autoregressive import AutoregressiveConfig, PixelOutput, PixelOutputConfig
 from gentrain.nn import pointwise_conv
 
 
-def make_pixel_likelihood(cfg: AutoregressiveConfig, data: DataInfo) -> PixelLikelihood:
+def make_pixel_likelihood(cfg: PixelOutputConfig, data: DataInfo,
+                          auto: PixelOutput = PixelOutput.softmax) -> PixelLikelihood:
+    """The output distribution model.output names; `auto`: Bernoulli on binarized data, else `auto`."""
     choice = cfg.output
     if choice is PixelOutput.auto:
-        choice = PixelOutput.bernoulli if data.levels == 2 else PixelOutput.softmax
+        choice = PixelOutput.bernoulli if data.levels == 2 else auto
     if choice is PixelOutput.bernoulli:
         if data.levels != 2:
             raise ConfigError(
@@ -88,16 +90,18 @@ class SamplingSession:
         return self.network.params_at(self.inputs, self.class_bias, i, j)
 
 
-class CausalConvNetwork(AutoregressiveNetwork):
-    """A causal convolutional body `features(x, class_bias)` and a pointwise output head (the PixelCNN family).
+class CausalNetwork(AutoregressiveNetwork):
+    """A causal body `features(x, class_bias)` of convolutions (the PixelCNN family) or recurrent layers
+    (PixelRNN), and a pointwise output head.
 
     `colours` is the number of colour groups the masks keep apart: the image's channels for an output per
     sub-pixel (R, then G given R, then B given R and G), 1 for a mixture over whole pixels. `reach` is (rows
-    above, columns to either side) of the current pixel that the features see.
+    above, columns to either side) of the current pixel that the features see; None for every earlier row and
+    every column (a body whose rows depend on no later row, such as a recurrent one).
     """
 
     def __init__(self, feature_channels: int, head_channels: int, num_params: int, colours: int,
-                 num_classes: int, class_bias_channels: int, reach: tuple[int, int]):
+                 num_classes: int, class_bias_channels: int, reach: Optional[tuple[int, int]]):
         super().__init__(num_classes, class_bias_channels)
         self.colours = colours
         self.reach = reach
@@ -115,8 +119,11 @@ class CausalConvNetwork(AutoregressiveNetwork):
     def params_at(self, x: Tensor, class_bias: Optional[Tensor], i: int, j: int) -> Tensor:
         """Only the window the receptive field covers (the rows up to i, the columns within reach of j: inputs
         outside cannot change pixel (i, j)) goes through the body, and only pixel (i, j) through the head."""
-        rows_above, columns_aside = self.reach
-        top, left, right = max(0, i - rows_above), max(0, j - columns_aside), min(x.shape[-1], j + columns_aside + 1)
+        if self.reach is None:  # recurrent layers: every earlier row, every column
+            top, left, right = 0, 0, x.shape[-1]
+        else:
+            rows_above, columns_aside = self.reach
+            top, left, right = max(0, i - rows_above), max(0, j - columns_aside), min(x.shape[-1], j + columns_aside + 1)
         features = self.features(x[:, :, top : i + 1, left:right], class_bias)
         return self.head(features[:, :, -1:, j - left : j - left + 1])
 
@@ -131,24 +138,26 @@ def layer_biases(class_bias: Optional[Tensor], sizes: list[int]) -> list[Optiona
 class AutoregressiveModel(LikelihoodModel):
     """p(x) = prod_i p(x_i | x_<i) over sub-pixels in raster order, trained by exact maximum likelihood."""
 
-    def __init__(self, cfg: AutoregressiveConfig, data: DataInfo):
+    auto_output: ClassVar[PixelOutput] = PixelOutput.softmax  # what model.output=auto means on 8-bit data
+
+    def __init__(self, cfg: PixelOutputConfig, data: DataInfo):
         super().__init__(data)
         self.cfg = cfg
         self.conditional = cfg.conditional
         num_classes = self.require_classes(data) if cfg.conditional else 0
-        self.likelihood = make_pixel_likelihood(cfg, data)
+        self.likelihood = make_pixel_likelihood(cfg, data, self.auto_output)
         # Mixture parameters describe a whole pixel, so the network must not see any of it; a per-sub-pixel
         # output lets colour c see colours < c of the current pixel.
         self.per_subpixel = not isinstance(self.likelihood, DiscretizedLogisticMixture)
         colours = data.channels if self.per_subpixel else 1
-        if cfg.hidden_channels < 2 * colours or cfg.head_channels < colours:
+        if isinstance(cfg, AutoregressiveConfig) and (cfg.hidden_channels < 2 * colours or cfg.head_channels < colours):
             raise ConfigError(
                 f"model.hidden_channels must be at least {2 * colours} and model.head_channels at least {colours} "
                 f"to give each of the {colours} colour groups its own channels"
             )
         self.network = self.build_network(cfg, data, colours, num_classes)
 
-    def build_network(self, cfg: AutoregressiveConfig, data: DataInfo, colours: int, num_classes: int) -> AutoregressiveNetwork:
+    def build_network(self, cfg: PixelOutputConfig, data: DataInfo, colours: int, num_classes: int) -> AutoregressiveNetwork:
         raise NotImplementedError
 
     # --- objective (training and evaluation: models/likelihood.py) ----------------------------------------
@@ -180,7 +189,7 @@ class AutoregressiveModel(LikelihoodModel):
         """
         height, width = self.data.height, self.data.width
         inputs = self.network_input(images)
-        session = self.network.session(inputs, self.network.embed_labels(labels))
+        session = self.sampling_session(inputs, labels, generator)
         # Per sub-pixel outputs draw colour c after colours < c are known; a mixture draws the whole pixel.
         colour_steps = [slice(c, c + 1) for c in range(self.data.channels)] if self.per_subpixel else [slice(None)]
         for i in track(range(first_row, height), desc, unit="row"):
@@ -191,6 +200,12 @@ class AutoregressiveModel(LikelihoodModel):
                     images[:, colours, i, j] = drawn
                     inputs[:, colours, i, j] = self.network_input(drawn)
         return images
+
+    def sampling_session(self, inputs: Tensor, labels: Optional[Tensor],
+                         generator: Optional[torch.Generator]) -> SamplingSession:
+        """What generate() asks for each pixel's parameters: the network's session (a model that draws more than
+        pixels, such as MADE's choice of mask per image, draws it here)."""
+        return self.network.session(inputs, self.network.embed_labels(labels))
 
     def draw(self, n: int, labels: Optional[Tensor], generator: Optional[torch.Generator],
              temperature: Optional[float]) -> Tensor:

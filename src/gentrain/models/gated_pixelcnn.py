@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from torch import Tensor, nn
 
 from gentrain.data.schemas import DataInfo
-from gentrain.models.autoregressive import AutoregressiveModel, CausalConvNetwork, SamplingSession, layer_biases
+from gentrain.models.autoregressive import AutoregressiveModel, CausalNetwork, SamplingSession, layer_biases
 from gentrain.models.schemas.autoregressive import GatedPixelCNNConfig
 from gentrain.nn import CausalConv2d, MaskType, VerticalConv, gated_activation, pixelwise, pointwise_conv, shift_down
 
@@ -54,7 +54,7 @@ class GatedLayer(nn.Module):
         return gated_activation(v_pre if class_bias is None else v_pre + class_bias.chunk(2, dim=1)[0])
 
 
-class GatedPixelCNNNetwork(CausalConvNetwork):
+class GatedPixelCNNNetwork(CausalNetwork):
     def __init__(self, cfg: GatedPixelCNNConfig, data: DataInfo, colours: int, num_params: int, num_classes: int):
         p = cfg.hidden_channels
         layers = 1 + cfg.num_layers

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from torch import Tensor, nn
 
 from gentrain.data.schemas import DataInfo
-from gentrain.models.autoregressive import AutoregressiveModel, CausalConvNetwork, SamplingSession, layer_biases
+from gentrain.models.autoregressive import AutoregressiveModel, CausalNetwork, SamplingSession, layer_biases
 from gentrain.models.schemas.autoregressive import PixelCNNConfig
 from gentrain.nn import MaskType, masked_square_conv, pixelwise, pointwise_conv
 
@@ -37,7 +37,7 @@ class MaskedResidualBlock(nn.Module):
         return h + apply(self.expand, inner)
 
 
-class PixelCNNNetwork(CausalConvNetwork):
+class PixelCNNNetwork(CausalNetwork):
     def __init__(self, cfg: PixelCNNConfig, data: DataInfo, colours: int, num_params: int, num_classes: int):
         width, inner = cfg.hidden_channels, cfg.hidden_channels // 2
         reach = cfg.first_kernel_size // 2 + cfg.num_layers * (cfg.kernel_size // 2)  # rows up, columns aside

@@ -1,5 +1,6 @@
-"""Exact checks of the PixelCNN family: causality (exhaustively, by full Jacobians), the blind spot and its
-absence, the sampler's shortcuts, the uniform-output baseline, and config errors."""
+"""Exact checks of the autoregressive family (PixelCNN, Gated PixelCNN, PixelRNN's two layers, MADE): causality
+(exhaustively, by full Jacobians), the receptive fields (the blind spot, the Row LSTM's triangle, full cover),
+normalisation over every image, the samplers' shortcuts, the uniform-output baseline, and config errors."""
 
 from __future__ import annotations
 
@@ -17,18 +18,36 @@ from gentrain.config import problems
 from gentrain.errors import ConfigError
 from gentrain.models.autoregressive import AutoregressiveNetwork, PixelOutput, SamplingSession
 from gentrain.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
+from gentrain.models.made import MADE, MADEConfig
 from gentrain.models.pixelcnn import PixelCNN, PixelCNNConfig
+from gentrain.models.pixelrnn import PixelRNN, PixelRNNConfig
+from gentrain.models.schemas.autoregressive import RecurrentLayer
 from gentrain.nn import colour_groups
 
-VARIANTS = {"pixelcnn": (PixelCNN, PixelCNNConfig), "gated_pixelcnn": (GatedPixelCNN, GatedPixelCNNConfig)}
+CONV = dict(hidden_channels=24, num_layers=4, first_kernel_size=3, kernel_size=3, head_channels=24)
+RNN = dict(hidden_channels=8, num_layers=2, first_kernel_size=3, kernel_size=3, head_channels=24)
+VARIANTS = {  # name: (model, config class, its small test settings)
+    "pixelcnn": (PixelCNN, PixelCNNConfig, CONV),
+    "gated_pixelcnn": (GatedPixelCNN, GatedPixelCNNConfig, CONV),
+    "row_lstm": (PixelRNN, PixelRNNConfig, RNN | {"layer": RecurrentLayer.row_lstm}),
+    "diagonal_bilstm": (PixelRNN, PixelRNNConfig, RNN | {"layer": RecurrentLayer.diagonal_bilstm}),
+    "made": (MADE, MADEConfig, dict(hidden=[60, 60], num_masks=3)),
+}
+CONVOLUTIONAL = ["pixelcnn", "gated_pixelcnn"]
 SIZE = 5  # exhaustive checks on 5x5 images
 
 
 def build(variant: str, data: DataInfo, **options):
-    model_class, config_class = VARIANTS[variant]
-    defaults = dict(hidden_channels=24, num_layers=4, first_kernel_size=3, kernel_size=3, head_channels=24)
+    """A small model of the variant in double precision; options the variant does not have are ignored."""
+    model_class, config_class, defaults = VARIANTS[variant]
+    options = {key: value for key, value in (defaults | options).items() if key in config_class.__dataclass_fields__}
     torch.manual_seed(0)
-    return model_class(config_class(**(defaults | options)), data).double().eval()
+    return model_class(config_class(**options), data).double().eval()
+
+
+def output_layer(model) -> torch.nn.Module:
+    network = model.network
+    return network.output if isinstance(model, MADE) else network.head[-1]
 
 
 def dependence(model, images: int = 6) -> torch.Tensor:
@@ -69,23 +88,27 @@ def allowed_inputs(model, num_params: int) -> torch.Tensor:
 CASES = [
     # (variant, channels, levels, output): RGB with a per-sub-pixel softmax and with a whole-pixel mixture,
     # grey binarized with a Bernoulli output. 4 levels stand in for 256: the masks do not depend on it.
-    ("pixelcnn", 3, 4, PixelOutput.softmax),
-    ("pixelcnn", 3, 256, PixelOutput.logistic_mixture),
-    ("pixelcnn", 1, 2, PixelOutput.bernoulli),
-    ("gated_pixelcnn", 3, 4, PixelOutput.softmax),
-    ("gated_pixelcnn", 3, 256, PixelOutput.logistic_mixture),
-    ("gated_pixelcnn", 1, 2, PixelOutput.bernoulli),
+    (variant, channels, levels, output)
+    for variant in VARIANTS
+    for channels, levels, output in [(3, 4, PixelOutput.softmax), (3, 256, PixelOutput.logistic_mixture),
+                                     (1, 2, PixelOutput.bernoulli)]
 ]
 
 
 @pytest.mark.parametrize("variant,channels,levels,output,conditional", [
     *[case + (False,) for case in CASES],
-    ("pixelcnn", 3, 4, PixelOutput.softmax, True),
-    ("gated_pixelcnn", 3, 4, PixelOutput.softmax, True),
+    *[(variant, 3, 4, PixelOutput.softmax, True) for variant in VARIANTS],
 ])
 def test_outputs_depend_only_on_earlier_subpixels(variant, channels, levels, output, conditional):
     model = build(variant, DataInfo(channels, SIZE, SIZE, levels, 3), output=output, num_mixtures=2,
                   conditional=conditional)
+    for mask in range(model.network.num_masks if variant == "made" else 1):  # every one of MADE's masks
+        if variant == "made":
+            model.network.active_mask = mask
+        check_ordering(model, variant, channels)
+
+
+def check_ordering(model, variant: str, channels: int) -> None:
     seen = dependence(model)
     allowed = allowed_inputs(model, seen.shape[0])
     leaks = seen & ~allowed
@@ -94,17 +117,35 @@ def test_outputs_depend_only_on_earlier_subpixels(variant, channels, levels, out
     # miss a connection where a ReLU of the head happens to be off for all the random images).
     colour = colour_groups(seen.shape[0], channels if model.per_subpixel else 1)
     field = torch.stack([seen[colour == c].any(0) for c in range(int(colour.max()) + 1)])
-    if model.per_subpixel and channels == 3:
+    if model.per_subpixel and channels == 3 and variant != "made":  # MADE's random degrees may skip a unit
         # The colour order is used, not just allowed: at every pixel G reads R, B reads R and G of it.
         pixels = [(i, j) for i in range(SIZE) for j in range(SIZE)]
         same_pixel = torch.stack([field[:, i, j, :, i, j] for i, j in pixels], dim=1)  # (colour, pixel, C)
         assert same_pixel[1].all(0).tolist() == [True, False, False]
         assert same_pixel[2].all(0).tolist() == [True, True, False]
-    if variant == "gated_pixelcnn":
+    if variant in ("gated_pixelcnn", "diagonal_bilstm"):
         # No blind spot: every output position sees every sub-pixel the ordering allows.
         first_of_colour = torch.stack([(colour == c).nonzero()[0, 0] for c in range(len(field))])
         missing = allowed[first_of_colour] & ~field
-        assert not missing.any(), f"gated receptive field misses {missing.nonzero()[0].tolist()}"
+        assert not missing.any(), f"{variant}'s receptive field misses {missing.nonzero()[0].tolist()}"
+
+
+def test_the_row_lstm_sees_its_triangle():
+    """In the row d above a pixel, the Row LSTM sees up to d - 1 + first_kernel_size // 2 columns to its right
+    (the first layer's reach, widened by one column per row of state-to-state convolutions); in its own row,
+    first_kernel_size // 2 + layers * (kernel_size // 2) columns to its left. Exactly: one further is unseen."""
+    height, width, layers = 5, 9, 2
+    model = build("row_lstm", DataInfo(1, height, width, 2, None), output=PixelOutput.bernoulli, num_layers=layers,
+                  first_kernel_size=5, kernel_size=3)
+    seen = dependence(model)[0, :, :, 0]  # (i, j, a, b)
+    reach, left = 5 // 2, 5 // 2 + layers * (3 // 2)
+    for i, j in itertools.product(range(height), range(width)):
+        if j - left - 1 >= 0:
+            assert seen[i, j, i, j - left] and not seen[i, j, i, j - left - 1], (i, j)
+        for a in range(i):
+            last = j + (i - a) - 1 + reach
+            columns = seen[i, j, a].nonzero().flatten().tolist()
+            assert max(columns) == min(last, width - 1), (i, j, a, columns)
 
 
 def test_plain_pixelcnn_has_a_blind_spot_above_right():
@@ -116,7 +157,7 @@ def test_plain_pixelcnn_has_a_blind_spot_above_right():
         assert a < i and b > j, f"pixel ({a},{b}) missing from ({i},{j}) is not above-right of it"
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", CONVOLUTIONAL)
 def test_reach_is_exact_and_the_samplers_crop_changes_nothing(variant):
     model = build(variant, DataInfo(3, 14, 13, 4, None), output=PixelOutput.softmax, num_layers=2)
     x = torch.rand(2, 3, 14, 13, dtype=torch.double) * 2 - 1
@@ -138,13 +179,13 @@ def test_reach_is_exact_and_the_samplers_crop_changes_nothing(variant):
 
 
 @pytest.mark.parametrize("variant,channels,output", [
-    ("pixelcnn", 3, PixelOutput.softmax), ("gated_pixelcnn", 3, PixelOutput.softmax), ("gated_pixelcnn", 1, PixelOutput.softmax),
+    *[(variant, 3, PixelOutput.softmax) for variant in VARIANTS], ("gated_pixelcnn", 1, PixelOutput.softmax),
 ])
 def test_sampler_draws_each_subpixel_from_its_conditional(variant, channels, output):
     """With the draw replaced by the mode, sampling must produce x with x_k = argmax p(x_k | x_<k) for
     every sub-pixel, which one teacher-forced pass over the result checks exactly."""
     levels = 4
-    model = build(variant, DataInfo(channels, SIZE, SIZE, levels, None), output=output).float()
+    model = build(variant, DataInfo(channels, SIZE, SIZE, levels, None), output=output, num_masks=1).float()
 
     def mode(params, generator=None):
         b, _, h, w = params.shape
@@ -171,7 +212,7 @@ def test_output_distributions_sum_to_one_over_every_rgb_value(likelihood):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_uniform_softmax_scores_exactly_8_bits_per_dim(variant):
     model = build(variant, DataInfo(3, SIZE, SIZE, 256, None), output=PixelOutput.softmax).float()
-    last = model.network.head[-1]
+    last = output_layer(model)
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
     x = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
@@ -235,15 +276,15 @@ def test_the_caching_sampler_uses_the_whole_networks_parameters(variant, channel
     and with the same seed it draws the same images as the sampler that runs the whole network every step."""
     levels, size = 6, 7
     model = build(variant, DataInfo(channels, size, size, levels, 3 if conditional else None), output=output,
-                  conditional=conditional, num_layers=3, first_kernel_size=5).float()
+                  conditional=conditional, num_layers=3, first_kernel_size=5, num_masks=1).float()
     labels = torch.tensor([0, 1, 2, 1]) if conditional else None
     per_subpixel = output is not PixelOutput.logistic_mixture
     groups = colour_groups(model.likelihood.num_params, channels if per_subpixel else 1)
     images = torch.zeros(4, channels, size, size, dtype=torch.long)
     inputs = model.network_input(images)
     class_bias = model.network.embed_labels(labels)
-    session = model.network.session(inputs, class_bias)
-    assert type(session).__name__.endswith("PixelCNNSession")
+    session = model.sampling_session(inputs, labels, None)
+    assert type(session) is not SamplingSession  # each variant has a faster one than the whole network
     used = torch.zeros(4, model.likelihood.num_params, size, size)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -260,8 +301,55 @@ def test_the_caching_sampler_uses_the_whole_networks_parameters(variant, channel
     torch.testing.assert_close(used, whole, rtol=0, atol=1e-5)
 
     fast = model.sample(4, labels=labels, generator=torch.Generator().manual_seed(1))
-    naive = SamplingSession  # the whole network at every step
-    with mock.patch.object(type(model.network), "session", lambda net, x, cb: naive(net, x, cb)), \
+    def naive(self, inputs, labels, generator):  # the whole network at every step
+        return SamplingSession(self.network, inputs, self.network.embed_labels(labels))
+
+    with mock.patch.object(type(model), "sampling_session", naive), \
             mock.patch.object(type(model.network), "params_at", AutoregressiveNetwork.params_at):
         slow = model.sample(4, labels=labels, generator=torch.Generator().manual_seed(1))
     assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("variant,channels,output", [
+    *[(variant, 1, PixelOutput.bernoulli) for variant in VARIANTS],
+    ("row_lstm", 3, PixelOutput.bernoulli), ("diagonal_bilstm", 3, PixelOutput.bernoulli), ("made", 3, PixelOutput.bernoulli),
+    ("diagonal_bilstm", 1, PixelOutput.softmax), ("made", 1, PixelOutput.logistic_mixture),
+])
+def test_probabilities_of_every_possible_image_sum_to_one(variant, channels, output):
+    """Normalisation, exhaustively: on 2x2 images every one of the levels ** (C * 4) images is scored, and the
+    probabilities add up to 1 (for MADE's ensemble of masks too)."""
+    levels = 3 if output is PixelOutput.softmax else 2 if output is PixelOutput.bernoulli else 4
+    model = build(variant, DataInfo(channels, 2, 2, levels, None), output=output, num_mixtures=2)
+    images = torch.tensor(list(itertools.product(range(levels), repeat=channels * 4))).view(-1, channels, 2, 2)
+    with torch.no_grad():
+        nll = model.float().evaluate(Batch(images, None))["nll_nats"]
+    torch.testing.assert_close(torch.logsumexp(-nll.double(), 0), torch.tensor(0.0, dtype=torch.double), rtol=0, atol=1e-5)
+
+
+def test_made_ensemble_is_the_mixture_of_its_masks_and_sampling_uses_each_images_mask():
+    model = build("made", DataInfo(3, 3, 3, 4, None), output=PixelOutput.softmax, num_masks=3).float()
+    network = model.network
+    masks = [network.masks(m) for m in range(3)]
+    assert not torch.equal(masks[0][0], masks[1][0])  # the masks differ
+    x = torch.randint(0, 4, (5, 3, 3, 3))
+    per_mask = []
+    for m in range(3):
+        network.active_mask = m
+        per_mask.append(-model.nll_nats(Batch(x, None)))
+    network.active_mask = 0
+    expected = -(torch.logsumexp(torch.stack(per_mask), 0) - math.log(3))
+    torch.testing.assert_close(model.evaluate(Batch(x, None))["nll_nats"], expected, rtol=1e-6, atol=1e-5)
+    # training cycles through the masks, one per step
+    model.loss(Batch(x, None), step=7)
+    assert network.active_mask == 7 % 3
+    # the sampling session answers each image with its own mask's parameters
+    from gentrain.models.made import MADESession
+    chosen = torch.tensor([2, 0, 1, 0, 2])
+    inputs = model.network_input(x)
+    session = MADESession(network, inputs, None, chosen)
+    with torch.no_grad():
+        for i, j in itertools.product(range(3), range(3)):
+            for image, m in enumerate(chosen.tolist()):
+                network.active_mask = m
+                whole = network(inputs[image : image + 1])[:, :, i, j]
+                torch.testing.assert_close(session.params(i, j)[image, :, 0, 0], whole[0], rtol=0, atol=1e-5)
