@@ -1,14 +1,18 @@
-"""Sampling speed of the PixelCNN family: samples per second of each sampler, at several batch sizes and shapes.
+"""Sampling speed of the autoregressive models: samples per second of each sampler, at several batch sizes and
+shapes.
 
   naive    the whole network on the whole image for every sub-pixel (what any causal network allows)
-  window   the network on the window its receptive field covers, the head on the current pixel only
-  cached   gentrain's sampler: the kept maps of every layer, each layer computed at the current pixel only
-           (Ramachandran et al., 2017); the same distribution (tests/test_pixelcnn.py: the same images for a
-           seed, the parameters of the whole network within 1e-5)
+  window   the network on the rows up to the current one and the columns its receptive field covers, the head on
+           the current pixel only (the convolutional and recurrent networks)
+  cached   gentrain's sampler: the PixelCNN family keeps the maps of every layer and computes each layer at the
+           current pixel only (Ramachandran et al., 2017); PixelRNN keeps every layer's states and cells and
+           computes one step of each LSTM per pixel; MADE computes the current pixel's output units only. The
+           same distribution: tests/test_autoregressive.py checks the same images for a seed and the parameters
+           of the whole network within 1e-5
 
-    python scripts/bench_pixelcnn_sampling.py                        # the model configs' defaults
-    python scripts/bench_pixelcnn_sampling.py --batches 16 --rows 4  # time 4 rows instead of 2
-    OMP_NUM_THREADS=1 python scripts/bench_pixelcnn_sampling.py      # on a shared CPU
+    python scripts/bench_sampling.py                                 # every model's default config
+    python scripts/bench_sampling.py --models row_lstm --batches 16  # one model, one batch size
+    OMP_NUM_THREADS=1 python scripts/bench_sampling.py               # on a shared CPU
 
 The weights are untrained (the speed does not depend on them). The window and cached samplers draw whole images;
 the naive one, which needs minutes per image, draws the last --rows rows and its rate is scaled to whole images
@@ -28,16 +32,28 @@ from gentrain.data.schemas import DataInfo
 from gentrain.models.autoregressive import AutoregressiveNetwork, CausalNetwork, SamplingSession
 
 SHAPES = {"mnist": DataInfo(1, 28, 28, 256, 10), "cifar10": DataInfo(3, 32, 32, 256, 10)}
+MODELS = {
+    "pixelcnn": ["model=pixelcnn"],
+    "gated_pixelcnn": ["model=gated_pixelcnn"],
+    "row_lstm": ["model=pixelrnn", "model.layer=row_lstm"],
+    "diagonal_bilstm": ["model=pixelrnn", "model.layer=diagonal_bilstm"],
+    "made": ["model=made"],
+}
 
 
-def samplers(network: type) -> dict[str, list]:
-    """What to patch on the network class for each sampler."""
-    session = lambda net, inputs, class_bias: SamplingSession(net, inputs, class_bias)  # noqa: E731
+def whole_network_session(model, inputs, labels, generator) -> SamplingSession:
+    return SamplingSession(model.network, inputs, model.network.embed_labels(labels))
+
+
+def samplers(model) -> dict[str, list]:
+    """What to patch for each sampler (None: the model has no such sampler)."""
+    network = type(model.network)
     return {
-        "naive": [mock.patch.object(network, "session", session),
+        "naive": [mock.patch.object(type(model), "sampling_session", whole_network_session),
                   mock.patch.object(network, "params_at", AutoregressiveNetwork.params_at)],
-        "window": [mock.patch.object(network, "session", session),
-                   mock.patch.object(network, "params_at", CausalNetwork.params_at)],
+        "window": [mock.patch.object(type(model), "sampling_session", whole_network_session),
+                   mock.patch.object(network, "params_at", CausalNetwork.params_at)]
+        if issubclass(network, CausalNetwork) else None,
         "cached": [],
     }
 
@@ -59,7 +75,7 @@ def seconds_per_image(model, batch: int, rows: int, device: torch.device) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=["pixelcnn", "gated_pixelcnn"])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 16, 64])
     parser.add_argument("--samplers", nargs="*", default=["naive", "window", "cached"])
@@ -75,11 +91,13 @@ def main() -> None:
     for name in args.models:
         for shape in args.shapes:
             torch.manual_seed(0)
-            model = build_model(to_config(compose([f"model={name}"])).model, SHAPES[shape]).to(device).eval()
+            model = build_model(to_config(compose(MODELS[name])).model, SHAPES[shape]).to(device).eval()
             for batch in args.batches:
                 rates = {}
                 for sampler in args.samplers:
-                    patches = samplers(type(model.network))[sampler]
+                    patches = samplers(model)[sampler]
+                    if patches is None:
+                        continue
                     for patch in patches:
                         patch.start()
                     try:
@@ -90,7 +108,7 @@ def main() -> None:
                         for patch in patches:
                             patch.stop()
                 speedup = f"{rates['cached'] / rates['naive']:.1f}x" if {"cached", "naive"} <= set(rates) else ""
-                print(f"| {name} | {shape} | {batch} | " + " | ".join(f"{rates[s]:.3f}" for s in args.samplers)
+                print(f"| {name} | {shape} | {batch} | " + " | ".join(f"{rates[s]:.3f}" if s in rates else "" for s in args.samplers)
                       + f" | {speedup} |", flush=True)
 
 
