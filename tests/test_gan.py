@@ -1,4 +1,4 @@
-"""DCGAN and WGAN: the Lipschitz constraints checked exactly, the networks' sizes, the paper defaults, and
+"""DCGAN, LSGAN and WGAN: the LSGAN losses and the Lipschitz constraints checked exactly, the networks' sizes, the paper defaults, and
 real training runs through the `gentrain` command on tiny data."""
 
 from __future__ import annotations
@@ -119,9 +119,52 @@ def test_spectral_normalisation_keeps_every_critic_layer_at_one() -> None:
         assert abs(raw - 1.0) > 0.05  # the unnormalised weight is not already at 1
 
 
+# --- the least-squares losses -------------------------------------------------------------------------------
+@pytest.mark.parametrize("targets", [(0.0, 1.0, 1.0), (-1.0, 1.0, 0.0)])
+def test_lsgan_losses_equal_their_closed_form_for_a_linear_critic(targets) -> None:
+    """With D(x) = <w, x> + b, fixed real and generated images and targets (a, b, c): the critic loss is
+    0.5 mean (D(x) - b)^2 + 0.5 mean (D(G(z)) - a)^2 and the generator loss 0.5 mean (D(G(z)) - c)^2, each with
+    its closed-form gradient with respect to w; the logged critic scores are D's raw outputs."""
+    a, b, c = targets
+    model = make_model("model=lsgan", f"model.fake_target={a}", f"model.real_target={b}",
+                       f"model.generator_target={c}", "model.critic_width=8", "model.generator_width=8")
+    torch.manual_seed(0)
+    model.critic = LinearCritic((1, 28, 28), norm=0.05)
+    batch = random_batch(8)
+    real = model.scale(batch.x)
+    fake = (torch.rand(8, 1, 28, 28) * 2 - 1).requires_grad_(True)
+    model.fake = lambda batch: fake
+    w, bias = model.critic.weight.detach(), model.critic.bias.detach()
+    d_real, d_fake = (real * w).flatten(1).sum(1) + bias, (fake.detach() * w).flatten(1).sum(1) + bias
+
+    out = model.critic_loss(batch, step=0)
+    expected = 0.5 * ((d_real - b) ** 2).mean() + 0.5 * ((d_fake - a) ** 2).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.logs["critic_real"].item() == pytest.approx(d_real.mean().item(), rel=1e-5, abs=1e-6)
+    assert out.logs["critic_fake"].item() == pytest.approx(d_fake.mean().item(), rel=1e-5, abs=1e-6)
+    (grad,) = torch.autograd.grad(out.loss, model.critic.weight)
+    expected_grad = (((d_real - b)[:, None, None, None] * real).mean(0)
+                     + ((d_fake - a)[:, None, None, None] * fake.detach()).mean(0))
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+    out = model.generator_loss(batch, step=0)
+    assert out.loss.item() == pytest.approx((0.5 * ((d_fake - c) ** 2).mean()).item(), rel=1e-5)
+    (grad,) = torch.autograd.grad(out.loss, fake)  # dL/dG(z) = (D(G(z)) - c) w / n
+    torch.testing.assert_close(grad, (d_fake - c)[:, None, None, None] * w / 8, rtol=1e-4, atol=1e-7)
+
+
+def test_lsgan_defaults_are_the_papers_and_equal_targets_are_refused() -> None:
+    cfg = to_config(compose_config("model=lsgan")).model
+    assert (cfg.fake_target, cfg.real_target, cfg.generator_target) == (0.0, 1.0, 1.0)
+    assert (cfg.optim_critic.lr, cfg.optim_critic.betas, cfg.critic_steps) == (2e-4, [0.5, 0.999], 1)
+    assert make_model("model=lsgan").critic_norm.value == "batch"
+    with pytest.raises(ConfigError, match="fake_target and model.real_target are both 1.0"):
+        make_model("model=lsgan", "model.fake_target=1")
+
+
 # --- networks and configs -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", [28, 32, 64])
-@pytest.mark.parametrize("name", ["dcgan", "wgan"])
+@pytest.mark.parametrize("name", ["dcgan", "lsgan", "wgan"])
 def test_networks_take_28_32_and_64_pixel_images(name: str, size: int) -> None:
     info = DataInfo(channels=3, height=size, width=size, levels=256, num_classes=10)
     model = make_model(f"model={name}", "model.conditional=true", "model.generator_width=8", "model.critic_width=8", info=info)
@@ -213,6 +256,20 @@ def test_dcgan_trains_through_the_command(tmp_path: Path, tiny_mnist: Path) -> N
     assert "lr/generator" not in tags  # a constant learning rate is not plotted
     assert (run_dir / "checkpoints" / "best.pt").exists()
     assert (run_dir / "samples" / "step_000006.png").exists()
+
+
+def test_lsgan_trains_through_the_command(tmp_path: Path, tiny_mnist: Path) -> None:
+    run_dir = tmp_path / "lsgan"
+    result = run_cli("model=lsgan", *TINY, f"dataset.root={tiny_mnist}", "model.conditional=true",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path, env=ONE_THREAD_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["main_metric"] == "fid" and math.isfinite(metrics["val"]["fid"])
+    assert math.isfinite(metrics["val"]["critic_real"]) and math.isfinite(metrics["val"]["critic_fake"])
+    assert any("raw output (no sigmoid)" in note for note in metrics["notes"])
+    tags = scalar_tags(run_dir)
+    assert {"train/critic_loss", "train/generator_loss", "train/critic_real", "train/critic_fake", "val/fid"} <= tags
+    assert "train/d_real" not in tags
 
 
 def test_wgan_trains_with_each_lipschitz_constraint_through_the_command(tmp_path: Path, tiny_mnist: Path) -> None:

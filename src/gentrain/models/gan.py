@@ -5,7 +5,7 @@ convolutions with batch norm and ReLU to a tanh image; the critic (DCGAN's discr
 strided convolutions and leaky ReLU. Both are sized by the image side (28, 32, 64, ...), and take the class
 label as an extra input when `model.conditional` is set. `GAN` holds everything a GAN shares (networks,
 [-1, 1] scaling, instance noise, the two updates, sampling, evaluation); subclasses only define the losses:
-`DCGAN` here, `WGAN` (clipping, gradient penalty, spectral norm) in wgan.py.
+`DCGAN` and `LSGAN` here, `WGAN` (clipping, gradient penalty, spectral norm) in wgan.py.
 
 A GAN has no likelihood: its main metric is the FID of its samples (gentrain/metrics/sample_quality.py).
 """
@@ -23,7 +23,7 @@ from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
 from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
-from gentrain.models.schemas.gan import CriticNorm, DCGANConfig, DCGANLoss, GANConfig
+from gentrain.models.schemas.gan import CriticNorm, DCGANConfig, DCGANLoss, GANConfig, LSGANConfig
 
 
 def network_layout(height: int, width: int, model_name: str) -> tuple[int, int]:
@@ -226,4 +226,36 @@ class DCGAN(GAN, config=DCGANConfig):
         return [
             "d_real / d_fake: mean discriminator probability that validation images / as many generated images "
             "are real (eval-mode networks); they do not measure sample quality, FID does",
+        ]
+
+
+class LSGAN(GAN, config=LSGANConfig):
+    """Least-squares GAN (Mao et al., 2017): the critic's raw output is regressed onto targets, no sigmoid."""
+
+    def __init__(self, cfg: LSGANConfig, data: DataInfo):
+        norm = CriticNorm.batch if cfg.critic_norm is CriticNorm.auto else cfg.critic_norm  # the paper's DCGAN-style D
+        super().__init__(cfg, data, critic_norm=norm)
+
+    def critic_loss(self, batch: Batch, step: int) -> LossOutput:
+        real = self.critic(self.critic_input(self.scale(batch.x), step), batch.y).float()
+        fake = self.critic(self.critic_input(self.fake(batch), step), batch.y).float()
+        loss = 0.5 * (real - self.cfg.real_target).pow(2).mean() + 0.5 * (fake - self.cfg.fake_target).pow(2).mean()
+        return LossOutput(loss, {"critic_loss": loss.detach(), "critic_real": real.mean().detach(),
+                                 "critic_fake": fake.mean().detach()})
+
+    def generator_loss(self, batch: Batch, step: int) -> LossOutput:
+        scores = self.critic(self.critic_input(self.fake(batch), step), batch.y).float()
+        loss = 0.5 * (scores - self.cfg.generator_target).pow(2).mean()
+        return LossOutput(loss, {"generator_loss": loss.detach()})
+
+    def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
+        return {"critic_real": self.critic(self.scale(batch.x), batch.y).float(),
+                "critic_fake": self.critic(self.fake(batch), batch.y).float()}
+
+    def metric_notes(self) -> list[str]:
+        cfg = self.cfg
+        return [
+            f"critic_real / critic_fake: the critic's mean raw output (no sigmoid) on validation images / as many "
+            f"generated images; its targets are {cfg.real_target:g} for real and {cfg.fake_target:g} for generated "
+            f"images, and the generator's is {cfg.generator_target:g}. They do not measure sample quality, FID does",
         ]

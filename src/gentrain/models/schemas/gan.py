@@ -1,4 +1,4 @@
-"""Options of the GANs (gentrain/models/gan.py, wgan.py), and the WGAN papers' settings per Lipschitz constraint.
+"""Options of the GANs (gentrain/models/gan.py: DCGAN and LSGAN; wgan.py), and the WGAN papers' settings per Lipschitz constraint.
 
 Each constraint comes with its paper's n_critic and optimizer (PAPER_SETTINGS). configs/model/wgan.yaml ties
 those defaults to `model.lipschitz` through the `wgan_paper` resolver, so `model.lipschitz=clip` alone gives the
@@ -59,6 +59,27 @@ class DCGANConfig(GANConfig):
     optim_critic: OptimizerConfig = field(default_factory=dcgan_optimizer)
 
     mutable: ClassVar[frozenset[str]] = GANConfig.mutable | {"loss"}
+
+
+@model_config("lsgan")
+@dataclass
+class LSGANConfig(GANConfig):
+    """Least-squares GAN (Mao et al., 2017): the critic minimises 0.5 (D(x) - b)^2 + 0.5 (D(G(z)) - a)^2, the
+    generator 0.5 (D(G(z)) - c)^2, with the paper's (a, b, c) = (0, 1, 1) by default (its eq. 9); (-1, 1, 0) is
+    the paper's other choice (b - c = 1, b - a = 2), which minimises the Pearson chi^2 divergence."""
+
+    fake_target: float = setting(0.0, min=-1e6, max=1e6)  # a: the critic's target for generated images
+    real_target: float = setting(1.0, min=-1e6, max=1e6)  # b: the critic's target for real images
+    generator_target: float = setting(1.0, min=-1e6, max=1e6)  # c: the value the generator wants D(G(z)) to take
+    optim_generator: OptimizerConfig = field(default_factory=dcgan_optimizer)
+    optim_critic: OptimizerConfig = field(default_factory=dcgan_optimizer)
+
+    mutable: ClassVar[frozenset[str]] = GANConfig.mutable | {"fake_target", "real_target", "generator_target"}
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        if self.fake_target == self.real_target:
+            yield (f"{prefix}fake_target and {prefix}real_target are both {self.real_target}: the critic would have "
+                   f"nothing to tell apart")
 
 
 class Lipschitz(Enum):
