@@ -248,10 +248,12 @@ def test_dcgan_trains_through_the_command(tmp_path: Path, tiny_mnist: Path) -> N
     assert metrics["main_metric"] == "fid" and metrics["step"] == 6
     assert math.isfinite(metrics["val"]["fid"]) and math.isfinite(metrics["val"]["kid"])
     assert 0 < metrics["val"]["d_real"] < 1 and "fid_floor" in metrics["val"]
+    assert 0 <= metrics["val"]["precision"] <= 1 and 0 <= metrics["val"]["recall"] <= 1
     assert any("40 generated images" in note and "classifier" in note for note in metrics["notes"])
     tags = scalar_tags(run_dir)
     for tag in ("train/critic_loss", "train/generator_loss", "train/d_real", "train/d_fake", "train/grad_norm/critic",
-                "train/grad_norm/generator", "val/fid", "val/kid", "val/fid_floor", "val/d_real"):
+                "train/grad_norm/generator", "val/fid", "val/kid", "val/fid_floor", "val/d_real", "val/precision",
+                "val/recall", "val/recall_floor"):
         assert tag in tags, tag
     assert "lr/generator" not in tags  # a constant learning rate is not plotted
     assert (run_dir / "checkpoints" / "best.pt").exists()

@@ -1,4 +1,4 @@
-"""FID and KID: exact at zero, growing with corruption, cached; both feature extractors; the start-of-run check
+"""FID, KID, precision and recall: exact at zero / one, growing with corruption, cached; both feature extractors; the start-of-run check
 for missing Inception weights; and the metrics on a model that is not a GAN."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from gentrain.errors import ConfigError
 from gentrain.metrics import classifier as classifier_module
 from gentrain.metrics.classifier import load_or_train_classifier, split_fingerprint
 from gentrain.metrics.features import InceptionFeatures, load_inception
+from gentrain.metrics.precision_recall import kth_neighbour_radii, precision_recall
 from gentrain.metrics.sample_quality import SampleQuality
 from gentrain.models.base import GenerativeModel
 
@@ -80,7 +81,37 @@ def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise(small_mnist, e
     # The floor: 300 real held-out digits; better than noisy digits, worse than the reference itself.
     assert fids[0] < scores[0]["fid_floor"] < fids[2]
     assert all(s["fid_floor"] == scores[0]["fid_floor"] for s in scores)
+    # Precision and recall against the same reference: the reference itself is inside its own support.
+    assert (scores[0]["precision"], scores[0]["recall"]) == (1.0, 1.0)
+    assert scores[2]["precision"] < scores[1]["precision"] < 1.0, scores
+    assert 0 < scores[0]["precision_floor"] <= 1 and 0 < scores[0]["recall_floor"] <= 1
     assert any("1000 generated images" in note for note in metrics.notes())
+
+
+def test_precision_and_recall_tell_a_dropped_mode_from_poor_samples() -> None:
+    """Two well separated Gaussian modes: a set against itself scores 1 and 1; samples from one mode only keep
+    their precision but cover about half the real points (recall about 0.5); samples off the data lose
+    precision."""
+    generator = torch.Generator().manual_seed(0)
+
+    def two_modes(n: int, modes=(0, 1)) -> Tensor:
+        centres = torch.tensor([[-10.0] * 8, [10.0] * 8])[torch.tensor(modes)]
+        which = torch.arange(n) % len(centres)
+        return centres[which] + torch.randn(n, 8, generator=generator)
+
+    real = two_modes(2000)
+    assert precision_recall(real, real) == (1.0, 1.0)
+    # Another draw of the same distribution: k = 3 balls in 8 dimensions catch most, not all, of it.
+    same_precision, same_recall = precision_recall(real, two_modes(2000))
+    assert same_precision > 0.8 and same_recall > 0.8, (same_precision, same_recall)
+    precision, recall = precision_recall(real, two_modes(2000, modes=(0,)))
+    assert precision > 0.8 and 0.4 < recall < 0.55 < same_recall, (precision, recall)
+    precision, recall = precision_recall(real, two_modes(2000) + 5.0)
+    assert precision < 0.2, precision
+    # The radii are the distance to the k-th nearest other point: on a line of points 0, 1, 2, ... exactly k.
+    line = torch.arange(10.0).view(-1, 1)
+    torch.testing.assert_close(kth_neighbour_radii(line, 3)[4:6], torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(kth_neighbour_radii(line, 3)[0], torch.tensor(3.0))
 
 
 def test_reference_statistics_are_computed_once_and_cached(small_mnist, extractor, tmp_path: Path, monkeypatch) -> None:
@@ -176,6 +207,7 @@ def test_any_model_can_be_scored(tmp_path: Path) -> None:
     assert result["main_metric"] == "bits_per_dim"
     assert math.isfinite(result["val"]["fid"]) and math.isfinite(result["val"]["bits_per_dim"])
     assert "fid" not in result["test"]
+    assert 0 <= result["val"]["precision"] <= 1 and 0 <= result["val"]["recall"] <= 1
     notes = json.loads((tmp_path / "run" / "metrics.json").read_text())["notes"]
     assert any("30 generated images" in note for note in notes)
 
@@ -186,3 +218,6 @@ def test_sample_counts_kid_cannot_use_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="kid_subset_size"):
         train_in_process(tmp_path / "run", "model=dcgan", "trainer=debug", f"dataset.root={root}", "dataset.verify=false",
                          "metrics.fid.num_samples=50", "metrics.fid.kid_subset_size=60")
+    with pytest.raises(ConfigError, match="precision_recall_k=50 needs more than that many samples"):
+        train_in_process(tmp_path / "run", "model=dcgan", "trainer=debug", f"dataset.root={root}", "dataset.verify=false",
+                         "metrics.fid.num_samples=50", "metrics.fid.kid_subset_size=20", "metrics.fid.precision_recall_k=50")

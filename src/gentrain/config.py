@@ -247,9 +247,14 @@ class FIDConfig:
     inception_weights: Optional[str] = setting(None, path="file")  # the FID Inception weights; null: torch hub cache
     kid_subsets: int = setting(100, min=1, max=10**5)  # KID: mean and std over this many random subsets ...
     kid_subset_size: int = setting(1000, min=2, max=10**6)  # ... of this many images from each side
+    # improved precision and recall against KID's reference subset, k-th nearest neighbour radii; 0: off
+    precision_recall_k: int = setting(3, min=0, max=1000)
     classifier: FeatureClassifierConfig = field(default_factory=FeatureClassifierConfig)
 
     def problems(self, prefix: str) -> Iterator[str]:
+        if self.precision_recall_k >= self.num_samples:
+            yield (f"{prefix}precision_recall_k={self.precision_recall_k} needs more than that many samples "
+                   f"({prefix}num_samples={self.num_samples})")
         if self.kid_subset_size > self.num_samples:
             yield (f"{prefix}kid_subset_size={self.kid_subset_size} is larger than {prefix}num_samples="
                    f"{self.num_samples}, the images KID compares per side: lower it or raise num_samples")

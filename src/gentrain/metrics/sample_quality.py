@@ -1,4 +1,4 @@
-"""FID and KID of a model's samples against the training split, for any GenerativeModel.
+"""FID, KID, precision and recall of a model's samples against the training split, for any GenerativeModel.
 
 Protocol (also written into every run's notes):
 - generated side: metrics.fid.num_samples images from model.sample() in eval mode (EMA weights when
@@ -7,6 +7,8 @@ Protocol (also written into every run's notes):
 - reference side: FID against the mean and covariance of the features of the whole training split; KID
   (cubic polynomial kernel, unbiased MMD^2) against a fixed random subset of as many training images as
   samples, mean and std over metrics.fid.kid_subsets subsets of metrics.fid.kid_subset_size per side;
+- precision and recall (Kynkaanniemi et al., 2019; precision_recall.py) against that same KID reference subset,
+  with k = metrics.fid.precision_recall_k nearest-neighbour radii, on the same features;
 - the floor: the same numbers for real held-out (validation) images, as many as samples when the split has
   them: what a perfect model would score at this sample count (FID is biased upwards for small counts).
 
@@ -34,12 +36,13 @@ from gentrain.errors import ConfigError
 from gentrain.metrics.cache import cached
 from gentrain.metrics.classifier import load_or_train_classifier, split_fingerprint
 from gentrain.metrics.features import FeatureExtractor, generated_to_uint8, load_inception, real_to_uint8
+from gentrain.metrics.precision_recall import precision_recall
 from gentrain.models.base import GenerativeModel
 from gentrain.progress import track
 
 log = logging.getLogger(__name__)
 
-SAMPLE_METRICS = ("fid", "kid")  # what SampleQuality adds to the validation metrics (plus kid_std and floors)
+SAMPLE_METRICS = ("fid", "kid")  # main metrics SampleQuality provides (it also adds kid_std, precision, recall, floors)
 REFERENCE_VERSION = 1  # bump when the reference computation changes, so old caches are not reused
 REFERENCE_SEED = 0  # picks the KID reference subset and the floor's KID subsets
 SAMPLE_SEED_OFFSET = 3  # generated images use seed + 3 (the trainer uses + 1 and + 2)
@@ -100,6 +103,7 @@ class SampleQuality:
         self.fid.load_state_dict(reference["fid_real"], strict=False)
         self.fid.to(device)
         self.kid.update(reference["kid_real"].to(device), real=True)
+        self.reference_features = reference["kid_real"].to(device)  # precision / recall compare against them too
         held_out = reference["held_out"]
         self.floor = {}
         if len(held_out) >= 2:
@@ -143,6 +147,10 @@ class SampleQuality:
                 torch.random.default_generator.manual_seed(REFERENCE_SEED)
                 kid, kid_std = self.kid.compute()
             scores[f"kid{suffix}"], scores[f"kid_std{suffix}"] = kid, kid_std
+        k = self.cfg.precision_recall_k
+        if k and n > k and len(self.reference_features) > k:
+            scores[f"precision{suffix}"], scores[f"recall{suffix}"] = precision_recall(self.reference_features,
+                                                                                     fake_features, k)
         self.fid.reset()
         self.kid.reset()
         return {name: value.detach().cpu() for name, value in scores.items()}
@@ -150,7 +158,7 @@ class SampleQuality:
     # --- what the trainer calls ---------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: GenerativeModel) -> dict[str, float]:
-        """fid, kid and kid_std of cfg.num_samples samples, with the constant floor values alongside."""
+        """fid, kid, kid_std, precision and recall of cfg.num_samples samples, with the constant floor values."""
         n = self.cfg.num_samples
         generator = torch.Generator(device=model.device).manual_seed(self.seed + SAMPLE_SEED_OFFSET)
         conditional = model.conditional
@@ -170,11 +178,19 @@ class SampleQuality:
             f"{self.kid_reference_images} training images, mean (kid) and std (kid_std) over {self.cfg.kid_subsets} "
             f"subsets of {self.cfg.kid_subset_size} images per side"
         )
+        k = self.cfg.precision_recall_k
+        prc = (
+            f"precision / recall (Kynkaanniemi et al., 2019): the fraction of generated images inside the real "
+            f"images' support / of real images inside the generated support, each support the union of balls "
+            f"reaching every point's {k}-th nearest neighbour, against the same {self.kid_reference_images} training "
+            f"images as KID" if k else "precision / recall: off (metrics.fid.precision_recall_k=0)"
+        )
         if not self.floor:
             floor = "no floor: the validation split has fewer than 2 images"
         else:
             floor = (
-                f"fid_floor / kid_floor: the first {self.floor_images} real validation images scored the same way, "
+                f"fid_floor, kid_floor, precision_floor, recall_floor: the first {self.floor_images} real validation "
+                f"images scored the same way, "
                 f"the best a model can expect at this sample count"
             )
             if "kid_floor" not in self.floor:
@@ -184,6 +200,7 @@ class SampleQuality:
             f"set, fixed noise, quantized to {self.levels} levels) against the {self.dataset_name} training split; FID "
             f"against the feature mean and covariance of all {self.train_images} training images; {kid}; features: "
             f"{self.extractor.description}",
+            prc,
             floor,
         ]
 
