@@ -29,9 +29,19 @@ def test_every_model_and_dataset_compose(model: str, dataset: str, tmp_path: Pat
     assert type(config.dataset) is DATASETS[dataset]
 
 
+NEEDS_FOLDERS = {"cyclegan_folders": ("dataset.a.path", "dataset.b.path")}  # presets for the user's own images
+
+
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
-def test_every_experiment_composes(experiment: str) -> None:
-    config = to_config(compose_config(f"experiment={experiment}"))
+def test_every_experiment_composes(experiment: str, tmp_path: Path) -> None:
+    keys = NEEDS_FOLDERS.get(experiment, ())
+    if keys:
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(tmp_path / "image.png")
+        with pytest.raises(ConfigError, match=f"{keys[0]} is required"):
+            to_config(compose_config(f"experiment={experiment}"))
+    config = to_config(compose_config(f"experiment={experiment}", *(f"{key}={tmp_path}" for key in keys)))
     assert isinstance(config.trainer, TrainerConfig)
 
 

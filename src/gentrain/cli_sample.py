@@ -7,6 +7,7 @@
     gentrain-sample run=... interpolate=true n=16              # VAEs: paths between test images
     gentrain-sample run=... checkpoint=last dataset.root=/data # another checkpoint; data for completion
     gentrain-sample run=... out=/tmp/samples                   # a run directory you cannot write to
+    gentrain-sample run=... translate=a2b input=horses output=zebras  # CycleGAN: one file per image
 
 The model is rebuilt from the run's saved config and checkpoint (best.pt unless `checkpoint=` names another),
 with its EMA weights when the run kept them. Output: <run>/samples/<name>.png and <name>.npz (images as uint8
@@ -40,6 +41,11 @@ class Completion(Enum):
     top_half = "top_half"  # the top half of each test image is given
 
 
+class Direction(Enum):
+    a2b = "a2b"
+    b2a = "b2a"
+
+
 @dataclass
 class SampleOptions:
     run: str = MISSING  # the run directory
@@ -53,6 +59,9 @@ class SampleOptions:
     device: str = setting("auto", pattern=DEVICE_PATTERN, meaning="auto, cpu, cuda, cuda:N or mps")
     name: Optional[str] = setting(None, pattern=r"[\w.-]+", meaning="a file name (letters, digits, '.', '-', '_')")
     out: Optional[str] = None  # the folder for the files; null: <run>/samples
+    translate: Optional[Direction] = None  # translation models: a2b or b2a, the images of input= into output=
+    input: Optional[str] = setting(None, path="dir")  # translate: a folder of PNG/JPEG images (sub-folders too)
+    output: Optional[str] = None  # translate: where the translated images go; null: <run>/samples/translated_<dir>
 
 
 def _labels(run: LoadedRun, value: Any, n: int, device: torch.device) -> Optional[torch.Tensor]:
@@ -72,6 +81,41 @@ def _test_images(run: LoadedRun, n: int, device: torch.device) -> Batch:
     dataset = load_dataset(run.config.dataset)
     batch = next(eval_batches(dataset.test, n, use_labels=run.model.conditional))
     return Batch(batch.x.to(device), None if batch.y is None else batch.y.to(device))
+
+
+def translate(options: SampleOptions, overrides: list[str]) -> tuple[int, Path]:
+    """Translate every image under options.input with a translation model (CycleGAN): each is centre-cropped and
+    resized to the model's images, and written as a PNG of the same relative name under the output folder."""
+    from torchvision.utils import save_image
+
+    from gentrain.data.folder import find_images
+    from gentrain.data.images import decode_images
+    from gentrain.progress import track
+
+    if options.input is None:
+        raise ConfigError("translate= needs input=<a folder of images>")
+    device = pick_device(options.device)
+    run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)
+    if run.model.domains != 2:
+        raise ConfigError(f"translate= is for translation models (model=cyclegan); this run trains {run.model.name}")
+    source = Path(options.input).expanduser().absolute()
+    direction = options.translate.value
+    out_dir = output_dir(options.output, run.run_dir / "samples" / f"translated_{direction}", "output")
+    paths, _, _ = find_images(source)
+    data = run.data
+    evaluator = Evaluator(run.model, None, batch_size=1, precision=run.config.trainer.precision, device=device,
+                          seed=options.seed, ema=run.ema)
+    batch_size = 64
+    with evaluator.eval_mode():
+        for start in track(range(0, len(paths), batch_size), f"translate {direction}", unit="batch"):
+            chunk = paths[start : start + batch_size]
+            images = torch.from_numpy(decode_images(chunk, data.height, None, data.channels, desc="decode"))
+            translated = run.model.translate(images.to(device), direction).cpu()
+            for path, image in zip(chunk, translated):
+                target = (out_dir / path.relative_to(source)).with_suffix(".png")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                save_image(image, target)
+    return len(paths), out_dir
 
 
 def draw(options: SampleOptions, overrides: list[str]) -> tuple[Path, Path]:
@@ -117,6 +161,9 @@ def draw(options: SampleOptions, overrides: list[str]) -> tuple[Path, Path]:
 
 def main(argv: Optional[list[str]] = None) -> None:
     def action(options: SampleOptions, overrides: list[str]) -> str:
+        if options.translate is not None:
+            count, folder = translate(options, overrides)
+            return f"translated {count} images into {folder}"
         png, npz = draw(options, overrides)
         return f"wrote {png} and {npz}"
 

@@ -111,4 +111,5 @@ def load_dataset(options: Any) -> Any:
 def identity(model_options: Any, model_config: Mapping[str, Any], data: Any) -> dict[str, Any]:
     """What a checkpoint records to be recognised (checkpoint.check_identity): the model's name, its options as
     plain values, and the data's shape."""
-    return {"model": registry.name_of(model_options), "model_config": dict(model_config), "data": data.__dict__}
+    shape = dict(data.__dict__) | ({"domains": data.domains} if data.domains != 1 else {})  # 2: unpaired data
+    return {"model": registry.name_of(model_options), "model_config": dict(model_config), "data": shape}

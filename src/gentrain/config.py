@@ -161,6 +161,7 @@ class LRSchedule(Enum):
     constant = "constant"
     cosine = "cosine"  # cosine decay to zero over the run, after the warm-up
     linear = "linear"  # linear decay to zero over the run, after the warm-up
+    linear_second_half = "linear_second_half"  # constant for the first half, then linear to zero (CycleGAN)
 
 
 class NonFinitePolicy(Enum):

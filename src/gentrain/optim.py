@@ -37,6 +37,8 @@ def lr_factor(step: int, schedule: LRSchedule, warmup_steps: int, total_steps: O
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule is LRSchedule.cosine:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule is LRSchedule.linear_second_half:
+        return min(1.0, 2.0 * (1.0 - progress))
     return 1.0 - progress
 
 

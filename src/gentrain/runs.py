@@ -23,7 +23,7 @@ from gentrain import registry
 from gentrain.checkpoint import CheckpointManager, check_identity, load_checkpoint
 from gentrain.composition import build_model, identity, register, to_config
 from gentrain.config import Config, problems
-from gentrain.data.schemas import DataInfo
+from gentrain.data.schemas import DataInfo, UnpairedDataInfo
 from gentrain.ema import EMA
 from gentrain.errors import CheckpointError, ConfigError, RunDirectoryError, exit_statuses, one_line
 from gentrain.models.base import GenerativeModel
@@ -97,7 +97,8 @@ def load_run(run_dir: Path, *, checkpoint: str, overrides: list[str], device: to
     path = find_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path, map_location=device)
     try:
-        data = DataInfo(**state["identity"]["data"])
+        shape = dict(state["identity"]["data"])
+        data = (UnpairedDataInfo if shape.pop("domains", 1) == 2 else DataInfo)(**shape)
     except TypeError as err:
         raise CheckpointError(f"{path} does not record the data's shape: {one_line(err)}") from None
     model_config = OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
@@ -147,11 +148,11 @@ def parse_arguments(argv: list[str], options_class: type) -> tuple[Any, list[str
     return options, overrides
 
 
-def output_dir(chosen: Optional[str], default: Path) -> Path:
-    """Where a command writes: `out=` when given, else `default` inside the run; refused before any work is done
-    when it cannot be written (a read-only run directory: use out=)."""
+def output_dir(chosen: Optional[str], default: Path, option: str = "out") -> Path:
+    """Where a command writes: `out=` (or `option=`) when given, else `default` inside the run; refused before any
+    work is done when it cannot be written (a read-only run directory: use out=)."""
     folder = Path(chosen).expanduser().absolute() if chosen else default
-    return require_writable(folder, "choose another folder with out=<folder>")
+    return require_writable(folder, f"choose another folder with {option}=<folder>")
 
 
 def run_command(command: str, doc: str, options_class: type, action: Callable[[Any, list[str]], str],

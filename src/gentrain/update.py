@@ -38,8 +38,9 @@ class _LossRunner(nn.Module):
         self.model = model
         self.updates = updates
 
-    def forward(self, index: int, x: Tensor, y: Optional[Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        out = self.updates[index].loss(Batch(x, y), step)
+    def forward(self, index: int, x: Tensor, y: Optional[Tensor], other: Optional[Tensor],
+                step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.updates[index].loss(Batch(x, y, other), step)
         return out.loss, out.logs
 
 
@@ -80,7 +81,7 @@ class Updater:
             if self.ddp is None:
                 out = update.loss(batch, step)
             else:  # through DDP, which averages the gradients of all processes during backward
-                out = LossOutput(*self.ddp(index, batch.x, batch.y, step))
+                out = LossOutput(*self.ddp(index, batch.x, batch.y, batch.other, step))
         self.scaler.scale(out.loss).backward()
         self.scaler.unscale_(optimizer)
         grad_norm = self._grad_norm(self.params[update.optimizer])

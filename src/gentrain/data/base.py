@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gentrain.data.schemas import Binarize, DataInfo
+from gentrain.data.schemas import Binarize, DataInfo, UnpairedDataInfo
 from gentrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -19,13 +19,15 @@ log = logging.getLogger(__name__)
 class ImageSplit:
     images: Tensor  # uint8 (N, C, H, W), values in [0, levels)
     labels: Optional[Tensor]  # int64 (N,) class or identity ids, or (N, K) attributes; None if unlabelled
+    # unpaired data (data/unpaired.py): domain B's images (M, C, H, W), never paired with `images` by position
+    other: Optional[Tensor] = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def to(self, device: torch.device) -> "ImageSplit":
         labels = None if self.labels is None else self.labels.to(device)
-        return ImageSplit(self.images.to(device), labels)
+        return ImageSplit(self.images.to(device), labels, None if self.other is None else self.other.to(device))
 
 
 @dataclass
@@ -41,7 +43,8 @@ class ImageDataset:
     @property
     def info(self) -> DataInfo:
         _, c, h, w = self.train.images.shape
-        return DataInfo(channels=c, height=h, width=w, levels=self.levels, num_classes=self.num_classes)
+        kind = DataInfo if self.train.other is None else UnpairedDataInfo
+        return kind(channels=c, height=h, width=w, levels=self.levels, num_classes=self.num_classes)
 
     def to(self, device: torch.device) -> "ImageDataset":
         return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))

@@ -17,6 +17,7 @@ from gentrain.data.base import ImageSplit
 class Batch:
     x: Tensor  # uint8 (B, C, H, W), integers in [0, levels)
     y: Optional[Tensor]  # int64 class ids (B,), or None when the model is not given labels
+    other: Optional[Tensor] = None  # unpaired data: as many images of domain B, drawn independently of x
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -28,7 +29,8 @@ class TrainBatches:
     The order of epoch e depends only on (seed, e), and the position inside the epoch is part of the state,
     so a resumed run sees exactly the batches the uninterrupted run would have seen. With several processes
     each takes its own contiguous shard of every global batch of `batch_size` images; the state counts global
-    batches, so a run can resume with another number of processes.
+    batches, so a run can resume with another number of processes. With unpaired data (split.other) domain B
+    has its own order per epoch, from another seed, so no image of A is ever paired with one of B by position.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class TrainBatches:
         rank: int = 0, world_size: int = 1,
     ):
         self.images = split.images
+        self.other = split.other
         self.labels = split.labels if use_labels else None
         self.batch_size = batch_size
         self.shard = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
@@ -46,9 +49,12 @@ class TrainBatches:
         self.position = 0  # batches already taken from the current epoch
         self._order: Optional[Tensor] = None
 
-    def _epoch_order(self) -> Tensor:
-        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
-        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))
+    def _epoch_order(self, stream: int = 0) -> Tensor:
+        """A permutation of the images (stream 0) or of domain B's (stream 1) for the current epoch."""
+        count = len(self.images) if stream == 0 else len(self.other)
+        words = [self.seed, self.epoch] if stream == 0 else [self.seed, self.epoch, stream]
+        seed = int(np.random.SeedSequence(words).generate_state(1)[0])
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
         return order.to(self.images.device)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -57,16 +63,21 @@ class TrainBatches:
     def __next__(self) -> Batch:
         if self._order is None:
             self._order = self._epoch_order()
+            self._other_order = None if self.other is None else self._epoch_order(stream=1)
         start = self.position * self.batch_size
         index = self._order[start : start + self.batch_size][self.shard]
         x = self.images[index]
+        other = None
+        if self.other is not None:  # B's own order, wrapping around when B has fewer images than A
+            positions = torch.arange(start, start + self.batch_size, device=self._other_order.device)[self.shard]
+            other = self.other[self._other_order[positions % len(self.other)]]
         if self.dynamic_binarization:  # a fresh Bernoulli draw per batch, from the device's global RNG
             x = (torch.rand(x.shape, device=x.device) * 255.0 < x).to(torch.uint8)
         y = None if self.labels is None else self.labels[index]
         self.position += 1
         if self.position == self.steps_per_epoch:
             self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        return Batch(x, y)
+        return Batch(x, y, other)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -86,4 +97,7 @@ def eval_batches(
     for start in range(first, last, batch_size):
         end = min(start + batch_size, last)
         y = split.labels[start:end] if use_labels and split.labels is not None else None
-        yield Batch(split.images[start:end], y)
+        other = None
+        if split.other is not None:  # evaluation pairs by position (wrapping): its metrics are per domain
+            other = split.other[torch.arange(start, end, device=split.other.device) % len(split.other)]
+        yield Batch(split.images[start:end], y, other)

@@ -7,10 +7,10 @@ config class names its dataset (@dataset_config); its loader attaches with @load
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import ClassVar, Iterator, Optional
 
 from omegaconf import MISSING
 
@@ -44,10 +44,18 @@ class DataInfo:
     width: int
     levels: int  # 256 for 8-bit images, 2 for binarized ones
     num_classes: Optional[int]  # classes a conditional model can use; None when the data has none
+    domains: ClassVar[int] = 1  # image domains per example: 2 for unpaired translation data (UnpairedDataInfo)
 
     @property
     def num_dims(self) -> int:
         return self.channels * self.height * self.width
+
+
+@dataclass(frozen=True)
+class UnpairedDataInfo(DataInfo):
+    """Two domains of images of the same shape (dataset=unpaired), for translation models."""
+
+    domains: ClassVar[int] = 2
 
 
 @dataclass
@@ -148,3 +156,87 @@ class FolderConfig(DatasetConfig):
 
         _, _, classes = find_images(Path(self.path).expanduser().absolute())
         return self._square(self.channels, self.image_size, len(classes) or None)
+
+
+class DomainPart(Enum):
+    all = "all"
+    first_half = "first_half"  # the first half of every split (by position)
+    second_half = "second_half"  # the rest: disjoint from first_half, so two sides of one dataset share no image
+
+
+class DomainSource(Enum):
+    mnist = "mnist"
+    cifar10 = "cifar10"
+    celeba = "celeba"
+    folder = "folder"
+
+
+@dataclass
+class UnpairedSide:
+    """One domain of dataset=unpaired: any dataset, or a part, a class subset or the inversion of one."""
+
+    source: DomainSource = DomainSource.mnist
+    path: Optional[str] = setting(None, path="dir")  # source=folder: the image folder
+    classes: Optional[list[int]] = setting(None, min_items=1, min=0, max=1000)  # keep these classes only
+    part: DomainPart = DomainPart.all
+    invert: bool = False  # 255 - x: e.g. MNIST against inverted MNIST, a translation with a known answer
+
+
+@dataset_config("unpaired")
+@dataclass
+class UnpairedConfig(DatasetConfig):
+    """Two unpaired image domains A and B (data/unpaired.py), each with its own train / val / test splits;
+    training batches draw each side independently. The shared options below apply to both sources."""
+
+    a: UnpairedSide = field(default_factory=lambda: UnpairedSide(part=DomainPart.first_half))
+    b: UnpairedSide = field(default_factory=lambda: UnpairedSide(part=DomainPart.second_half, invert=True))
+    root: Optional[str] = None  # official datasets: null = $GENTRAIN_DATA, else ./data
+    download: bool = True
+    verify: bool = True
+    image_size: Optional[int] = setting(None, **IMAGE_SIZE)  # null: each source's own (folder: 64)
+    channels: int = setting(3, choices=(1, 3))  # folder sources: 3 = RGB, 1 = greyscale
+
+    def side_config(self, side: UnpairedSide) -> DatasetConfig:
+        """The config of a side's source dataset, with the shared options that source has."""
+        from gentrain.registry import configs
+
+        source = configs("dataset")[side.source.value]
+        shared = {"root": self.root, "download": self.download, "verify": self.verify, "channels": self.channels,
+                  "split_seed": self.split_seed, "path": side.path}
+        if self.image_size is not None:
+            shared["image_size"] = self.image_size
+        names = {f.name for f in fields(source)}
+        return source(**{key: value for key, value in shared.items() if key in names})
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        from gentrain.config import problems
+
+        if self.binarize is not Binarize.none:
+            yield f"{prefix}binarize={self.binarize.value}: unpaired domains stay 8-bit (binarize is not supported)"
+            return
+        infos = {}
+        for name in ("a", "b"):
+            side = getattr(self, name)
+            if side.source is DomainSource.folder and side.path is None:
+                yield f"{prefix}{name}.path is required when {prefix}{name}.source=folder"
+                return
+            config = self.side_config(side)
+            found = next(problems(config, prefix), None)
+            if found is not None:
+                yield found
+                return
+            infos[name] = config.data_info()
+            if side.classes is not None and not infos[name].num_classes:
+                yield f"{prefix}{name}.classes: {side.source.value} has no classes to choose from"
+            elif side.classes is not None and max(side.classes) >= infos[name].num_classes:
+                yield (f"{prefix}{name}.classes={side.classes}: {side.source.value} has classes 0 to "
+                       f"{infos[name].num_classes - 1}")
+        shape = {name: (info.channels, info.height, info.width) for name, info in infos.items()}
+        if shape["a"] != shape["b"]:
+            yield (f"{prefix}a gives {shape['a'][0]}x{shape['a'][1]}x{shape['a'][2]} images and {prefix}b "
+                   f"{shape['b'][0]}x{shape['b'][1]}x{shape['b'][2]}: both domains need one shape (set "
+                   f"{prefix}image_size, and {prefix}channels for folders)")
+
+    def data_info(self) -> DataInfo:
+        info = self.side_config(self.a).data_info()
+        return UnpairedDataInfo(info.channels, info.height, info.width, 256, None)

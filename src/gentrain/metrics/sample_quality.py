@@ -182,7 +182,7 @@ class SampleQuality:
         prc = (
             f"precision / recall (Kynkaanniemi et al., 2019): the fraction of generated images inside the real "
             f"images' support / of real images inside the generated support, each support the union of balls "
-            f"reaching every point's {k}-th nearest neighbour, against the same {self.kid_reference_images} training "
+            f"reaching every point's k-th nearest neighbour (k = {k}), against the same {self.kid_reference_images} training "
             f"images as KID" if k else "precision / recall: off (metrics.fid.precision_recall_k=0)"
         )
         if not self.floor:
@@ -223,6 +223,25 @@ def build_sample_quality(
             )
         return None
     _check(cfg, dataset)
+    if model.domains == 2:  # a translation model: FID of each direction against the other domain
+        from gentrain.metrics.translation import TranslationQuality
+
+        a, b = dataset.domains
+        build = lambda domain: reference_quality(cfg, domain, data_root=data_root, device=device, seed=seed,
+                                                 progress=progress)
+        quality = TranslationQuality({"a2b": (build(b), a), "b2a": (build(a), b)}, cfg.num_samples)
+    else:
+        quality = reference_quality(cfg, dataset, data_root=data_root, device=device, seed=seed, progress=progress)
+    for note in quality.notes():
+        log.info("sample quality: %s", note)
+    if quality.floor:
+        log.info("sample quality floor: %s", ", ".join(f"{k} {v:.4g}" for k, v in quality.floor.items()))
+    return quality
+
+
+def reference_quality(cfg: FIDConfig, dataset: ImageDataset, *, data_root: Path, device: torch.device, seed: int,
+                      progress: bool) -> SampleQuality:
+    """SampleQuality against `dataset`'s training split, with its feature extractor and cached reference."""
     features, choice = cfg.features, f"metrics.fid.features={cfg.features.value}"
     if features is FeatureExtractorName.auto:
         features = FeatureExtractorName.classifier if dataset.name == "mnist" else FeatureExtractorName.inception
@@ -238,13 +257,8 @@ def build_sample_quality(
         extractor = load_or_train_classifier(
             dataset, cfg.classifier, cache_dir, device, train_fingerprint=train_fingerprint, progress=progress,
         )
-    quality = SampleQuality(cfg, extractor, dataset, cache_dir, device, seed=seed, progress=progress,
-                            train_fingerprint=train_fingerprint)
-    for note in quality.notes():
-        log.info("sample quality: %s", note)
-    if quality.floor:
-        log.info("sample quality floor: %s", ", ".join(f"{k} {v:.4g}" for k, v in quality.floor.items()))
-    return quality
+    return SampleQuality(cfg, extractor, dataset, cache_dir, device, seed=seed, progress=progress,
+                         train_fingerprint=train_fingerprint)
 
 
 def _check(cfg: FIDConfig, dataset: ImageDataset) -> None:

@@ -56,6 +56,7 @@ class GenerativeModel(nn.Module):
     main_metric: ClassVar[str] = "bits_per_dim"  # minimised; logged as val/<name> and returned to sweepers
     progress_terms: ClassVar[tuple[str, ...]] = ("loss",)  # logged terms shown on the progress bar and lines
     conditional: bool = False  # takes class labels (set from model.conditional by the models that can)
+    domains: ClassVar[int] = 1  # image domains it learns from: 2 for translation models (dataset=unpaired)
     has_temperature: ClassVar[bool] = False  # sample() scales its noise by a temperature
     # NHWC weights on a CPU too (trainer.channels_last=null): for the models it was measured to speed up
     channels_last_on_cpu: ClassVar[bool] = False
@@ -69,6 +70,12 @@ class GenerativeModel(nn.Module):
     def __init__(self, data: DataInfo):
         super().__init__()
         self.data = data
+        if data.domains != self.domains:
+            if self.domains == 2:
+                raise ConfigError(f"model={self.name} translates between two image domains: use dataset=unpaired "
+                                  f"(dataset.a.* and dataset.b.* choose them)")
+            raise ConfigError(f"dataset=unpaired holds two image domains, for translation models (model=cyclegan); "
+                              f"model={self.name} learns one distribution: pick another dataset")
 
     @property
     def name(self) -> str:

@@ -1,4 +1,4 @@
-"""Options of the GANs (gentrain/models/gan.py: DCGAN and LSGAN; wgan.py), and the WGAN papers' settings per Lipschitz constraint.
+"""Options of the GANs (gentrain/models/gan.py: DCGAN and LSGAN; wgan.py; cyclegan.py), and the WGAN papers' settings per Lipschitz constraint.
 
 Each constraint comes with its paper's n_critic and optimizer (PAPER_SETTINGS). configs/model/wgan.yaml ties
 those defaults to `model.lipschitz` through the `wgan_paper` resolver, so `model.lipschitz=clip` alone gives the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Iterator, Union
+from typing import Any, ClassVar, Iterator, Optional, Union
 
 from gentrain.config import SIZE_MAX, OptimizerConfig, OptimizerName, setting
 from gentrain.registry import model_config
@@ -140,3 +140,23 @@ class WGANConfig(GANConfig):
             # spectral bounds constrain the critic any more.
             yield (f"{prefix}lipschitz={self.lipschitz.value} cannot use {prefix}critic_norm=batch; use layer or "
                    f"none")
+
+
+@model_config("cyclegan")
+@dataclass
+class CycleGANConfig:
+    """CycleGAN (Zhu et al., 2017): generators G: A -> B and F: B -> A, PatchGAN critics for each domain,
+    least-squares adversarial losses, cycle and identity losses, a history pool of generated images."""
+
+    generator_width: int = setting(64, min=1, max=4096)  # the first generator layer's channels (ngf)
+    critic_width: int = setting(64, min=1, max=4096)  # the first critic layer's channels (ndf)
+    residual_blocks: Optional[int] = setting(None, min=1, max=64)  # null: 9 for images of 256 pixels or more, else 6
+    # stride-2 layers of the PatchGAN: 3 gives the paper's 70x70 patches; null: 3 from 64 pixels, 2 below
+    critic_layers: Optional[int] = setting(None, min=1, max=6)
+    cycle_weight: float = setting(10.0, min=0)  # lambda of the cycle loss
+    identity_weight: float = setting(0.5, min=0)  # the identity loss's weight, as a multiple of lambda
+    pool_size: int = setting(50, min=0, max=10000)  # generated images each critic also sees from earlier steps
+    optim_generator: OptimizerConfig = field(default_factory=dcgan_optimizer)  # Adam(2e-4, 0.5, 0.999)
+    optim_critic: OptimizerConfig = field(default_factory=dcgan_optimizer)
+
+    mutable: ClassVar[frozenset[str]] = frozenset({"cycle_weight", "identity_weight"})
