@@ -24,7 +24,7 @@ from gentrain.metrics import classifier as classifier_module
 from gentrain.metrics.classifier import load_or_train_classifier, split_fingerprint
 from gentrain.metrics.features import InceptionFeatures, load_inception
 from gentrain.metrics.precision_recall import kth_neighbour_radii, precision_recall
-from gentrain.metrics.sample_quality import SampleQuality
+from gentrain.metrics.sample_quality import SampleQuality, inception_score
 from gentrain.models.base import GenerativeModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -114,6 +114,20 @@ def test_precision_and_recall_tell_a_dropped_mode_from_poor_samples() -> None:
     torch.testing.assert_close(kth_neighbour_radii(line, 3)[0], torch.tensor(3.0))
 
 
+def test_inception_score_of_known_class_probabilities() -> None:
+    """Confident predictions spread evenly over K classes score K; identical predictions score 1; the splits
+    protocol gives one score per split."""
+    confident = torch.full((1200, 6), -1e4).scatter_(1, (torch.arange(1200) % 6).view(-1, 1), 0.0)
+    mean, std = inception_score(confident, splits=4)  # 300 images per split, 50 of each class
+    assert mean.item() == pytest.approx(6.0) and std.item() == pytest.approx(0.0, abs=1e-9)
+    mean, _ = inception_score(torch.randn(1, 6).expand(600, 6), splits=3)
+    assert mean.item() == pytest.approx(1.0)
+    # Two classes seen with probability 3/4 and 1/4: exp(KL) = exp(sum_y p(y) log(1 / p(y))) for one-hot p(y|x).
+    skewed = torch.full((400, 2), -1e4).scatter_(1, (torch.arange(400) % 4 == 0).long().view(-1, 1), 0.0)
+    expected = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert inception_score(skewed, splits=2)[0].item() == pytest.approx(expected)
+
+
 def test_reference_statistics_are_computed_once_and_cached(small_mnist, extractor, tmp_path: Path, monkeypatch) -> None:
     first = quality(small_mnist, extractor, tmp_path)
     assert len(list(tmp_path.glob("reference-mnist-*.pt"))) == 1
@@ -172,6 +186,8 @@ def test_inception_from_a_local_weights_file(tmp_path: Path, monkeypatch) -> Non
     assert isinstance(extractor, InceptionFeatures)
     features = extractor(torch.randint(0, 256, (1, 1, 28, 28), dtype=torch.uint8))
     assert features.shape == (1, 2048) and torch.isfinite(features).all()
+    features, logits = extractor.features_and_logits(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert features.shape == (2, 2048) and logits.shape == (2, 1008)  # the Inception Score's classes
     with pytest.raises(ConfigError, match="not a file"):
         load_inception(str(tmp_path / "missing.pth"), torch.device("cpu"))
     with pytest.raises(ConfigError, match="not the FID Inception state dict"):

@@ -250,6 +250,7 @@ class FIDConfig:
     kid_subset_size: int = setting(1000, min=2, max=10**6)  # ... of this many images from each side
     # improved precision and recall against KID's reference subset, k-th nearest neighbour radii; 0: off
     precision_recall_k: int = setting(3, min=0, max=1000)
+    inception_score_splits: int = setting(10, min=1, max=1000)  # Inception features only: IS mean and std over splits
     classifier: FeatureClassifierConfig = field(default_factory=FeatureClassifierConfig)
 
     def problems(self, prefix: str) -> Iterator[str]:

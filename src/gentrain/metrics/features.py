@@ -48,24 +48,31 @@ def generated_to_uint8(images: Tensor, levels: int) -> Tensor:
 
 
 class InceptionFeatures(nn.Module):
-    """Inception-v3 pool3 features (2048-d) with the TensorFlow FID weights, as in the FID papers."""
+    """Inception-v3 pool3 features (2048-d) with the TensorFlow FID weights, as in the FID papers, and the
+    network's 1008 class logits for the Inception Score."""
 
     num_features = 2048
+    class_logits = True  # features_and_logits() gives the Inception Score its class probabilities
 
     def __init__(self, weights: Path):
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                               feature_extractor_weights_path=str(weights))
         self.description = f"Inception-v3 pool3 (2048-d, TensorFlow FID weights {weights}, 299x299 TF-bilinear resize)"
         stat = weights.stat()
         self.identity = f"inception:{weights.name}:{stat.st_size}"
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
         if images.shape[1] == 1:  # grey images as RGB, the way the network was trained
             images = images.expand(-1, 3, -1, -1)
-        return self.net(images.contiguous())[0]
+        features, logits = self.net(images.contiguous())
+        return features, logits
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.features_and_logits(images)[0]
 
 
 def _weights_problem(reason: str, choice: str) -> ConfigError:

@@ -9,6 +9,8 @@ Protocol (also written into every run's notes):
   samples, mean and std over metrics.fid.kid_subsets subsets of metrics.fid.kid_subset_size per side;
 - precision and recall (Kynkaanniemi et al., 2019; precision_recall.py) against that same KID reference subset,
   with k = metrics.fid.precision_recall_k nearest-neighbour radii, on the same features;
+- with Inception features, the Inception Score (Salimans et al., 2016) of the samples: exp E_x KL(p(y|x) || p(y))
+  over the network's 1008 classes, mean and std over metrics.fid.inception_score_splits equal splits;
 - the floor: the same numbers for real held-out (validation) images, as many as samples when the split has
   them: what a perfect model would score at this sample count (FID is biased upwards for small counts).
 
@@ -46,6 +48,17 @@ SAMPLE_METRICS = ("fid", "kid")  # main metrics SampleQuality provides (it also 
 REFERENCE_VERSION = 1  # bump when the reference computation changes, so old caches are not reused
 REFERENCE_SEED = 0  # picks the KID reference subset and the floor's KID subsets
 SAMPLE_SEED_OFFSET = 3  # generated images use seed + 3 (the trainer uses + 1 and + 2)
+
+
+def inception_score(logits: Tensor, splits: int) -> tuple[Tensor, Tensor]:
+    """(mean, std) over `splits` equal parts of exp(mean_x KL(p(y|x) || p(y))), p(y) the part's mean of p(y|x)."""
+    scores = []
+    for part in logits.double().chunk(splits):
+        log_p = part.log_softmax(dim=1)
+        log_marginal = log_p.exp().mean(0).log()
+        scores.append((log_p.exp() * (log_p - log_marginal)).sum(1).mean().exp())
+    scores = torch.stack(scores)
+    return scores.mean(), scores.std() if len(scores) > 1 else torch.zeros((), dtype=torch.double)
 
 
 class PrecomputedFeatures(nn.Module):
@@ -162,14 +175,23 @@ class SampleQuality:
         n = self.cfg.num_samples
         generator = torch.Generator(device=model.device).manual_seed(self.seed + SAMPLE_SEED_OFFSET)
         conditional = model.conditional
-        features = []
+        features, logits = [], []
+        with_logits = getattr(self.extractor, "class_logits", False)
         for start in track(range(0, n, self.cfg.batch_size), f"FID: sample {n} images", unit="batch",
                            bar=self.progress):
             count = min(self.cfg.batch_size, n - start)
             labels = torch.arange(start, start + count, device=model.device) % model.data.num_classes if conditional else None
-            images = model.sample(count, labels=labels, generator=generator)
-            features.append(self.extractor(generated_to_uint8(images.to(self.device), self.levels)).float())
+            images = generated_to_uint8(model.sample(count, labels=labels, generator=generator).to(self.device), self.levels)
+            if with_logits:
+                batch_features, batch_logits = self.extractor.features_and_logits(images)
+                logits.append(batch_logits.float())
+            else:
+                batch_features = self.extractor(images)
+            features.append(batch_features.float())
         scores = {name: float(value) for name, value in self._scores(torch.cat(features)).items()}
+        if with_logits:
+            mean, std = inception_score(torch.cat(logits), min(self.cfg.inception_score_splits, n))
+            scores |= {"inception_score": float(mean), "inception_score_std": float(std)}
         return {**scores, **self.floor}
 
     def notes(self) -> list[str]:
@@ -185,6 +207,9 @@ class SampleQuality:
             f"reaching every point's k-th nearest neighbour (k = {k}), against the same {self.kid_reference_images} training "
             f"images as KID" if k else "precision / recall: off (metrics.fid.precision_recall_k=0)"
         )
+        if getattr(self.extractor, "class_logits", False):
+            prc += (f"; inception_score: exp E_x KL(p(y|x) || p(y)) over the Inception network's 1008 classes, mean "
+                    f"and std over {self.cfg.inception_score_splits} equal splits of the samples")
         if not self.floor:
             floor = "no floor: the validation split has fewer than 2 images"
         else:
