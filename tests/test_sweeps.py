@@ -55,6 +55,25 @@ def test_optuna_example_minimises_validation_bits_per_dim(tmp_path: Path, shared
     assert set(best["best_params"]) == {"trainer.lr", "model.latent_dim"}
 
 
+def test_an_interrupted_optuna_search_continues_where_it_stopped(tmp_path: Path, shared_data: Path) -> None:
+    """The study lives in a database: started again, the search keeps its finished trials and runs only the rest
+    of n_trials (a total), in a new sweep directory."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'db' / 'study.db'}"
+    trials_left = "'${optuna_trials_left:%d}'"
+    for total, sweep in ((2, "first"), (3, "second")):
+        result = run_cli("-m", "experiment=vae_optuna_search", *QUICK, f"hydra.sweeper.storage={storage}",
+                         f"hydra.sweeper.n_trials={trials_left % total}", f"hydra.sweep.dir={tmp_path / sweep}",
+                         cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    first = [t.params for t in optuna.load_study(study_name="vae_lr_latent", storage=storage).trials][:2]
+    trials = optuna.load_study(study_name="vae_lr_latent", storage=storage).trials
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
+    assert [t.params for t in trials[:2]] == first
+    assert len([p for p in (tmp_path / "second").iterdir() if p.is_dir() and p.name[0].isdigit()]) == 1  # one new job
+
+
 def test_slurm_launcher_preset_composes() -> None:
     with initialize_config_module(config_module="gentrain.configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)

@@ -31,13 +31,15 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     from gentrain.run_names import job_dirname, launch_time, name_suffix
+    from gentrain.sweeps import optuna_storage, optuna_trials_left
 
     store = ConfigStore.instance()
     store.store(name="gentrain_config", node=Config)
     for kind in ("model", "dataset"):
         for name, config_class in registry.configs(kind).items():
             store.store(name=f"schema_{kind}_{name}", node=config_class)
-    resolvers = {"launch_time": launch_time, "name_suffix": name_suffix, "job_dirname": job_dirname}
+    resolvers = {"launch_time": launch_time, "name_suffix": name_suffix, "job_dirname": job_dirname,
+                 "optuna_storage": optuna_storage, "optuna_trials_left": optuna_trials_left}
     for name, resolver in {**resolvers, **registry.RESOLVERS}.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
 

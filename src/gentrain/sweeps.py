@@ -1,4 +1,5 @@
-"""Summaries of sweeps: one row per job with its overrides, status, final metrics and wall time."""
+"""Summaries of sweeps: one row per job with its overrides, status, final metrics and wall time; and how many
+trials an Optuna search still has to run when it continues a stored study."""
 
 from __future__ import annotations
 
@@ -91,3 +92,31 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return jobs
+
+
+def optuna_trials_left(total: int, *, _parent_: Any) -> int:
+    """The `optuna_trials_left` resolver, `hydra.sweeper.n_trials: ${optuna_trials_left:20}`: `total` minus the
+    trials the sweeper's stored study (its `storage` and `study_name`) already finished (complete, pruned or
+    failed), so that a search stopped half-way and started again with the same command runs only the rest. Trials
+    still marked running were cut off by the interruption: they are run again."""
+    storage, study_name = _parent_.get("storage"), _parent_.get("study_name")
+    if not storage:
+        return int(total)
+    import optuna
+
+    if str(storage).startswith("sqlite:///"):  # SQLite creates the file, not its folder
+        optuna_storage(str(storage).removeprefix("sqlite:///"))
+    try:
+        study = optuna.load_study(study_name=study_name, storage=str(storage))
+    except KeyError:  # no such study yet: the search starts
+        return int(total)
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    return max(0, int(total) - len(finished))
+
+
+def optuna_storage(path: str) -> str:
+    """The `optuna_storage` resolver: a SQLite URL for a study file, its folder created (SQLite creates only the
+    file); the absolute path keeps every job of a sweep on one file whatever its working directory."""
+    file = Path(path).expanduser().absolute()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
