@@ -212,6 +212,19 @@ class TrainerConfig:
     # or 'auto' = the latest checkpoint of this run directory if there is one, else start fresh.
     resume: Optional[str] = None
 
+    def planned_steps(self, steps_per_epoch: int) -> Optional[int]:
+        """The step count the run stops at (None when only max_minutes limits it)."""
+        limits = [n for n in (self.max_steps, self.max_epochs and self.max_epochs * steps_per_epoch) if n]
+        return min(limits) if limits else None
+
+    def limits_text(self, steps_per_epoch: int) -> str:
+        parts = [text for limit, text in [
+            (self.max_steps, f"{self.max_steps} steps"),
+            (self.max_epochs, f"{self.max_epochs} epochs ({steps_per_epoch} steps each)"),
+            (self.max_minutes, f"{self.max_minutes} minutes"),
+        ] if limit]
+        return " or ".join(parts) + (", whichever comes first" if len(parts) > 1 else "")
+
     def problems(self, prefix: str) -> Iterator[str]:
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             yield (f"the run would never stop: set {prefix}max_steps, {prefix}max_epochs or {prefix}max_minutes")

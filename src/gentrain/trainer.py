@@ -66,8 +66,7 @@ class Trainer:
         if self.batches.steps_per_epoch == 0:
             raise ConfigError(f"trainer.batch_size={cfg.batch_size} is larger than the training split "
                               f"({len(dataset.train)} images)")
-        limits = [n for n in (cfg.max_steps, cfg.max_epochs and cfg.max_epochs * self.batches.steps_per_epoch) if n]
-        self.planned_steps: Optional[int] = min(limits) if limits else None
+        self.planned_steps = cfg.planned_steps(self.batches.steps_per_epoch)
 
         self.optimizers = {name: build_optimizer(spec.params, spec.config, cfg.lr, device)
                            for name, spec in model.optimizer_specs().items()}
@@ -103,7 +102,7 @@ class Trainer:
         # Events a killed run wrote after its last checkpoint are hidden, so curves have no duplicate points.
         self.logger = RunLogger(self.run_dir, purge_step=self.step + 1 if self.step else None,
                                 enabled=self.parallel.is_main)
-        log.info("training on %s (%s) for %s", self.device, cfg.precision.value, self._limits_text())
+        log.info("training on %s (%s) for %s", self.device, cfg.precision.value, cfg.limits_text(self.batches.steps_per_epoch))
         if self.config_text:
             self.logger.text("config", f"```yaml\n{self.config_text}```")
         self._started = time.monotonic() - 60.0 * self.minutes_before_resume
@@ -157,15 +156,6 @@ class Trainer:
         elapsed = time.perf_counter() - tick
         self.train_seconds += elapsed
         self._window_steps, self._window_seconds = self._window_steps + 1, self._window_seconds + elapsed
-
-    def _limits_text(self) -> str:
-        cfg = self.cfg
-        parts = [text for limit, text in [
-            (cfg.max_steps, f"{cfg.max_steps} steps"),
-            (cfg.max_epochs, f"{cfg.max_epochs} epochs ({self.batches.steps_per_epoch} steps each)"),
-            (cfg.max_minutes, f"{cfg.max_minutes} minutes"),
-        ] if limit]
-        return " or ".join(parts) + (", whichever comes first" if len(parts) > 1 else "")
 
     def _step_limit_reached(self) -> bool:
         cfg = self.cfg
