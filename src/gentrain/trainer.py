@@ -237,8 +237,7 @@ class Trainer:
             "step": self.step, "epoch": self.batches.epoch, "train_seconds": round(self.train_seconds, 2),
             "nonfinite_steps_skipped": self.updater.skipped, "val": val, "test": test,
             "eval_images": {"val": self.evaluator.images("val"), "test": self.evaluator.images("test")},
-            "images_per_metric": self.evaluator.covered,
-            "notes": notes,
+            "images_per_metric": self.evaluator.covered, "notes": notes,
         }
         if self.parallel.is_main:
             write_json(self.run_dir / "metrics.json", result)
@@ -258,14 +257,10 @@ class Trainer:
             "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": self.updater.scaler.state_dict(),
-            "step": self.step,
-            "batches": self.batches.state_dict(),
-            "best_metric": self.best_metric,
-            "last_good": self.last_good,
-            "nonfinite_skipped": self.updater.skipped,
-            "train_seconds": self.train_seconds,
-            "wall_minutes": self._wall_minutes(),
-            "rng": rng_state(),
+            "step": self.step, "batches": self.batches.state_dict(),
+            "best_metric": self.best_metric, "last_good": self.last_good,
+            "nonfinite_skipped": self.updater.skipped, "train_seconds": self.train_seconds,
+            "wall_minutes": self._wall_minutes(), "rng": rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:

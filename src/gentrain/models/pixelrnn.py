@@ -12,14 +12,13 @@ like every other feature map, and the input-to-state convolutions carry mask B.
   state-to-state convolution (the neighbour above and the one to the left) run along the columns, left to
   right, and the same again on the mirrored map (above and right). The right-to-left states are shifted down by
   one row, so that they only carry rows above the pixel, and added to the left-to-right ones. A pixel sees
-  every earlier pixel: for that, the right-to-left direction of the first layer also reads the image itself
-  (a 1x1 convolution with no mask: after the shift its whole pixel lies in the past). Without it the last pixel
-  of the row above would be seen by no pixel left of the first layer's reach, since the mask-A map holds a pixel
-  only from the pixels after it.
+  every earlier pixel: for that, the right-to-left direction of the first layer also reads the image itself (a
+  1x1 unmasked convolution: after the shift its whole pixel lies in the past); without it the row above's
+  pixels beyond the first layer's reach would be seen by no pixel to their left.
 
 Every recurrent step is one batched convolution over a whole row or diagonal (`lstm_scan`), never a per-pixel
 loop. Sampling keeps every layer's states and computes each layer at the current pixel only (`RowLSTMSession`,
-`DiagonalBiLSTMSession`). Objective, outputs and the sampling driver: models/autoregressive.py.
+`DiagonalBiLSTMSession`); objective, outputs and the sampling driver: models/autoregressive.py.
 """
 
 from __future__ import annotations
@@ -46,10 +45,8 @@ def lstm_cell(gates: Tensor, cell: Tensor, groups: int = 1) -> tuple[Tensor, Ten
 
 
 def state_matrix(conv: nn.Conv1d) -> Tensor:
-    """A state-to-state convolution over positions (its groups side by side) as one matrix on the
-    concatenated neighbours `neighbours(hidden, k)` (see there): (groups * 4n, k * groups * n)."""
-    weight, groups = conv.weight, conv.groups
-    taps = [torch.block_diag(*(w[:, :, t] for w in weight.chunk(groups, dim=0))) for t in range(weight.shape[-1])]
+    """A state-to-state convolution (its groups side by side) as one matrix on `neighbours`: (groups * 4n, k * groups * n)."""
+    taps = [torch.block_diag(*(w[:, :, t] for w in conv.weight.chunk(conv.groups, dim=0))) for t in range(conv.weight.shape[-1])]
     return torch.cat(taps, dim=1)
 
 
