@@ -39,6 +39,7 @@ def test_non_editable_install_into_another_venv(tmp_path: Path) -> None:
     assert install.returncode == 0, install.stderr
     installed = site_packages / "gentrain" / "configs"
     assert (installed / "config.yaml").exists() and (installed / "model" / "vae.yaml").exists()
+    assert (site_packages / "hydra_plugins" / "gentrain_launcher" / "__init__.py").exists()  # hydra/launcher=slurm
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
     located = subprocess.run([python, "-c", "import gentrain.configs as c; print(c.__file__)"], cwd=tmp_path,

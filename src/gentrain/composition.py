@@ -42,6 +42,19 @@ def register() -> None:
                  "optuna_storage": optuna_storage, "optuna_trials_left": optuna_trials_left}
     for name, resolver in {**resolvers, **registry.RESOLVERS}.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
+    _register_launcher()
+
+
+def _register_launcher() -> None:
+    """hydra/launcher=slurm's class (gentrain/slurm.py), when the cluster extra is installed. Hydra's own scan of
+    the hydra_plugins package misses it in an editable install (setuptools' import hook lists no folders)."""
+    from hydra.core.plugins import Plugins
+
+    try:
+        from hydra_plugins.gentrain_launcher import SlurmLauncher
+    except ImportError:
+        return
+    Plugins.instance().register(SlurmLauncher)
 
 
 def compose(overrides: Sequence[str] = (), *, with_hydra: bool = False) -> DictConfig:
