@@ -33,6 +33,11 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     backend: Optional[str] = None
+    restart: int = 0  # torchrun --max-restarts: how many times the workers have been restarted
+
+    def describe(self) -> str:
+        restarted = f", restart {self.restart} of the workers" if self.restart else ""
+        return f"rank {self.rank} of {self.world_size} processes, {self.backend} backend{restarted}"
 
     @property
     def enabled(self) -> bool:
@@ -59,8 +64,17 @@ def init_from_environment() -> Distributed:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend)
-    _context = Distributed(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        dist.init_process_group(backend)
+    else:
+        # torchrun --max-restarts keeps one store for every attempt, so restarted workers would read the dead
+        # attempt's addresses and fail to connect (Gloo's connectFullMesh "Connection refused"): each attempt
+        # gets keys of its own.
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"gentrain/attempt_{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+    _context = Distributed(dist.get_rank(), dist.get_world_size(), local_rank, backend, int(attempt or 0))
     # Every process names the run directory after rank 0's start time, so they all write to the same one.
     shared = [run_names.current_launch_time()]
     dist.broadcast_object_list(shared, src=0)

@@ -102,7 +102,7 @@ def train(cfg: Any, run_dir: Path, *, before_training: Callable[[], None] = lamb
     configure_threads(config.trainer.num_threads, local_processes(parallel_jobs))
     parallel = distributed.context()
     if parallel.enabled:
-        log.info("distributed: rank %d of %d processes, %s backend", parallel.rank, parallel.world_size, parallel.backend)
+        log.info("distributed: %s", parallel.describe())
     # Each process draws its own noise; model initialisation is rank 0's (DDP broadcasts it).
     seed_everything(config.seed + parallel.rank, config.trainer.deterministic)
     info = config.dataset.data_info()
