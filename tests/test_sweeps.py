@@ -80,3 +80,11 @@ def test_slurm_launcher_preset_composes() -> None:
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.timeout_min == 240 and launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+
+
+def test_a_requeued_job_keeps_its_row_and_adds_no_column() -> None:
+    from gentrain.sweeps import swept_settings
+
+    jobs = [{"overrides": ["model.latent_dim=4"]}, {"overrides": ["model.latent_dim=8", "trainer.resume=auto"]}]
+    differing, settings = swept_settings(jobs)
+    assert differing == ["model.latent_dim"] and settings[1] == {"model.latent_dim": "8"}

@@ -60,11 +60,15 @@ def constant_keys(arguments: Sequence[str]) -> list[str]:
     return [o.key_or_group for o in parsed if not o.is_sweep_override()]
 
 
+# Keys that say how a job runs, not what it trains: they never name a job or make a sweep summary column.
+NOT_A_SETTING = {"trainer.resume"}
+
+
 def swept_overrides(job_overrides: Sequence[str]) -> list[str]:
     """The overrides of one job that are not shared by every job (a sweeper's too): what names it. Keys, not
     texts, are compared: Hydra rewrites a job's values (`false` becomes `False`). trainer.resume never names a job:
     a job requeued with trainer.resume=auto (gentrain/slurm.py) continues in its own directory."""
-    constants = set(json.loads(os.environ.get(CONSTANT_KEYS_ENV, "[]"))) | {"trainer.resume"}
+    constants = set(json.loads(os.environ.get(CONSTANT_KEYS_ENV, "[]"))) | NOT_A_SETTING
     return [str(o) for o in job_overrides if str(o).split("=", 1)[0].lstrip("+~") not in constants]
 
 

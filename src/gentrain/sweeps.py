@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gentrain.errors import RunDirectoryError
+from gentrain.run_names import NOT_A_SETTING
 from gentrain.rundir import read_json, read_yaml
 
 
@@ -46,7 +47,8 @@ def _main_value(job: dict[str, Any]) -> float:
 
 def swept_settings(jobs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]]]:
     """-> the keys whose values differ between the jobs (their overrides), and each job's key -> value."""
-    settings = [dict(o.split("=", 1) for o in job.get("overrides", []) if "=" in o) for job in jobs]
+    settings = [dict(o.split("=", 1) for o in job.get("overrides", []) if "=" in o and o.split("=", 1)[0] not in
+                     NOT_A_SETTING) for job in jobs]
     keys = sorted({k for s in settings for k in s})
     differing = [k for k in keys if len({s.get(k) for s in settings}) > 1]
     return differing, settings
