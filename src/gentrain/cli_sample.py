@@ -79,8 +79,7 @@ def _labels(run: LoadedRun, value: Any, n: int, device: torch.device) -> Optiona
 def _test_images(run: LoadedRun, n: int, device: torch.device) -> Batch:
     """The first n test images (completion and interpolation start from real images)."""
     dataset = load_dataset(run.config.dataset)
-    batch = next(eval_batches(dataset.test, n, use_labels=run.model.conditional))
-    return Batch(batch.x.to(device), None if batch.y is None else batch.y.to(device))
+    return next(eval_batches(dataset.test, n, use_labels=run.model.conditional, device=device))
 
 
 def translate(options: SampleOptions, overrides: list[str]) -> tuple[int, Path]:

@@ -14,6 +14,7 @@ gentrain-sample / gentrain-eval, the Python API, the tests and scripts/ share.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -112,12 +113,15 @@ def build_model(options: Any, data: Any) -> Any:
 
 def load_dataset(options: Any) -> Any:
     """The ImageDataset that `options` (a dataset config instance) describe, binarized as asked."""
-    from gentrain.data.base import apply_binarization
+    from gentrain.data.base import apply_binarization, place
+    from gentrain.data.images import cache_dir_for
     from gentrain.data.schemas import resolve_root
 
     loader = registry.implementation(options)
-    dataset = apply_binarization(loader(options, resolve_root(getattr(options, "root", None))), options.binarize,
-                                 options.split_seed)
+    root = resolve_root(getattr(options, "root", None))
+    dataset = apply_binarization(loader(options, root), options.binarize, options.split_seed)
+    data_dir = Path(options.path).expanduser().absolute() if getattr(options, "path", None) else root
+    dataset = place(dataset, options.in_memory.lower(), cache_dir_for(data_dir) if data_dir.is_dir() else root)
     if dataset.info != options.data_info():
         raise DataError(f"the data changed while it was read: expected {options.data_info()}, loaded {dataset.info}")
     return dataset

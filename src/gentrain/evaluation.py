@@ -97,7 +97,7 @@ class Evaluator:
         n = self.images(split_name)
         parallel = distributed.context()
         batches = eval_batches(getattr(self.dataset, split_name), self.batch_size, use_labels=self.use_labels,
-                               limit=n, rank=parallel.rank, world_size=parallel.world_size)
+                               limit=n, rank=parallel.rank, world_size=parallel.world_size, device=self.device)
         sums: dict[str, Tensor] = {}
         counts: dict[str, Tensor] = {}
         final_batches: Optional[int] = None  # None: every batch gets the end-of-run bounds

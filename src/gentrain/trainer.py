@@ -61,7 +61,7 @@ class Trainer:
         self.batches = TrainBatches(
             self.dataset.train, cfg.batch_size, seed=seed, use_labels=model.conditional,
             dynamic_binarization=dataset.dynamic_binarization, rank=self.parallel.rank,
-            world_size=self.parallel.world_size,
+            world_size=self.parallel.world_size, device=device,
         )
         if self.batches.steps_per_epoch == 0:
             raise ConfigError(f"trainer.batch_size={cfg.batch_size} is larger than the training split "
@@ -94,7 +94,7 @@ class Trainer:
         self._window_steps, self._window_seconds = 0, 0.0
         self._last_validation: Optional[tuple[int, dict[str, float]]] = None  # (step, metrics)
         # Fixed images (and noise, evaluation.py) for the grids, so that steps compare.
-        self.vis_batch = next(eval_batches(self.dataset.val, cfg.num_samples, use_labels=model.conditional))
+        self.vis_batch = next(eval_batches(self.dataset.val, cfg.num_samples, use_labels=model.conditional, device=device))
 
     # --- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from gentrain.data.schemas import Binarize, DataInfo, UnpairedDataInfo
+from gentrain.data.stored import DiskImages, keeps_in_memory, pixels, spill, take
 from gentrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 @dataclass
 class ImageSplit:
-    images: Tensor  # uint8 (N, C, H, W), values in [0, levels)
+    images: Union[Tensor, DiskImages]  # uint8 (N, C, H, W), values in [0, levels); in memory or on disk (stored.py)
     labels: Optional[Tensor]  # int64 (N,) class or identity ids, or (N, K) attributes; None if unlabelled
     # unpaired data (data/unpaired.py): domain B's images (M, C, H, W), never paired with `images` by position
-    other: Optional[Tensor] = None
+    other: Union[Tensor, DiskImages, None] = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -70,17 +72,34 @@ def hold_out(split: ImageSplit, fraction: float, seed: int) -> tuple[ImageSplit,
     order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
 
-    def take(idx: Tensor) -> ImageSplit:
-        return ImageSplit(split.images[idx], None if split.labels is None else split.labels[idx])
+    def rows(idx: Tensor) -> ImageSplit:
+        return ImageSplit(take(split.images, idx), None if split.labels is None else split.labels[idx])
 
-    return take(train_idx), take(val_idx)
+    return rows(train_idx), rows(val_idx)
 
 
 def binarize_images(images: Tensor, seed: int) -> Tensor:
     """A seeded Bernoulli draw with p = pixel / 255 -> uint8 {0, 1}."""
     generator = torch.Generator().manual_seed(seed)
-    probs = images.float() / 255.0
+    probs = pixels(images).float() / 255.0
     return (torch.rand(probs.shape, generator=generator) < probs).to(torch.uint8)
+
+
+def place(dataset: ImageDataset, in_memory: str, spill_dir: Path) -> ImageDataset:
+    """Every split's images (and domain B's) in memory, or on disk to be read a batch at a time: dataset.in_memory
+    (stored.keeps_in_memory). Arrays a loader built in memory are written to an anonymous file in `spill_dir` when
+    they are to be streamed."""
+    arrays = [a for s in (dataset.train, dataset.val, dataset.test) for a in (s.images, s.other) if a is not None]
+    if keeps_in_memory(in_memory, sum(a.shape.numel() for a in arrays)):
+        convert = pixels
+    else:
+        log.info("images are read from disk a batch at a time (dataset.in_memory=%s)", in_memory)
+        convert = lambda a: a if isinstance(a, DiskImages) else spill(a, spill_dir)  # noqa: E731
+
+    def split(s: ImageSplit) -> ImageSplit:
+        return ImageSplit(convert(s.images), s.labels, None if s.other is None else convert(s.other))
+
+    return replace(dataset, train=split(dataset.train), val=split(dataset.val), test=split(dataset.test))
 
 
 def apply_binarization(dataset: ImageDataset, mode: Binarize, seed: int) -> ImageDataset:

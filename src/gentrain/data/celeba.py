@@ -20,7 +20,8 @@ import torch
 from gentrain.data.base import ImageDataset, ImageSplit
 from gentrain.data.schemas import CelebAConfig, CelebALabels
 from gentrain.data.download import md5sum, missing_files_error
-from gentrain.data.images import cached_arrays, decode_images, file_fingerprint
+from gentrain.data.images import decoded_cached, file_fingerprint
+from gentrain.data.stored import take
 from gentrain.registry import loads
 from gentrain.errors import DataError
 
@@ -121,11 +122,7 @@ def load_celeba(cfg: CelebAConfig, root: Path) -> ImageDataset:
 
     paths = [image_dir / n for n in names]
     key = {"dataset": "celeba", "size": cfg.image_size, "crop": cfg.crop, "files": file_fingerprint(paths)}
-    images = cached_arrays(
-        folder, "celeba", key,
-        lambda: {"images": decode_images(paths, cfg.image_size, cfg.crop, channels=3, desc="decode CelebA")},
-        shapes={"images": (len(paths), 3, cfg.image_size, cfg.image_size)},
-    )["images"]
+    images = decoded_cached(folder, "celeba", key, paths, cfg.image_size, cfg.crop, channels=3)
 
     labels = None
     if labels_file:
@@ -139,12 +136,11 @@ def load_celeba(cfg: CelebAConfig, root: Path) -> ImageDataset:
             labels = torch.tensor([[v == "1" for v in listing[n]] for n in names], dtype=torch.int64)
 
     which = np.array([int(partition[n][0]) for n in names])
-    images_t = torch.from_numpy(images)
 
     def split(code: int) -> ImageSplit:
         idx = torch.from_numpy(np.flatnonzero(which == code))
         if len(idx) == 0:
             raise DataError(f"list_eval_partition.txt in {folder} assigns no image to partition {code}")
-        return ImageSplit(images_t[idx], None if labels is None else labels[idx])
+        return ImageSplit(take(images, idx), None if labels is None else labels[idx])
 
     return ImageDataset("celeba", split(0), split(1), split(2), num_classes=None)

@@ -14,7 +14,7 @@ import torch
 
 from gentrain.data.base import ImageDataset, ImageSplit, hold_out
 from gentrain.data.schemas import FolderConfig
-from gentrain.data.images import cached_arrays, decode_images, file_fingerprint
+from gentrain.data.images import decoded_cached, file_fingerprint
 from gentrain.registry import loads
 from gentrain.errors import DataError
 
@@ -47,13 +47,9 @@ def load_folder(cfg: FolderConfig, root: Path) -> ImageDataset:
         "dataset": "folder", "folder": str(folder), "size": cfg.image_size, "crop": cfg.crop,
         "channels": cfg.channels, "files": file_fingerprint(paths),
     }
-    images = cached_arrays(
-        folder, f"folder-{folder.name}", key,
-        lambda: {"images": decode_images(paths, cfg.image_size, cfg.crop, cfg.channels, desc=f"decode {folder.name}")},
-        shapes={"images": (len(paths), cfg.channels, cfg.image_size, cfg.image_size)},
-    )["images"]
+    images = decoded_cached(folder, f"folder-{folder.name}", key, paths, cfg.image_size, cfg.crop, cfg.channels)
     labels = None if class_ids is None else torch.tensor(class_ids, dtype=torch.int64)
-    everything = ImageSplit(torch.from_numpy(images), labels)
+    everything = ImageSplit(images, labels)  # on disk: the splits below are views, read when needed
     rest, test = hold_out(everything, cfg.test_fraction, cfg.split_seed)
     train, val = hold_out(rest, cfg.val_fraction / (1.0 - cfg.test_fraction), cfg.split_seed + 1)
     if classes:

@@ -64,6 +64,9 @@ class DatasetConfig:
 
     binarize: Binarize = Binarize.none
     split_seed: int = setting(0, min=0, max=SEED_MAX)  # seeds held-out splits and static binarization
+    # true: every split in memory (on the GPU when training there); false: read from disk a batch at a time
+    # (data/stored.py); auto: in memory when the images take at most half of the free host (and GPU) memory
+    in_memory: str = setting("auto", pattern=r"(?i)auto|true|false", meaning="auto, true or false")
 
     def data_info(self) -> DataInfo:
         """The shape, levels and classes of what this config loads (models are built and checked first)."""
@@ -202,7 +205,8 @@ class UnpairedConfig(DatasetConfig):
 
         source = configs("dataset")[side.source.value]
         shared = {"root": self.root, "download": self.download, "verify": self.verify, "channels": self.channels,
-                  "split_seed": self.split_seed, "path": side.path}
+                  "split_seed": self.split_seed, "path": side.path,
+                  "in_memory": "true"}  # a side is cut and inverted in memory; the pair follows self.in_memory
         if self.image_size is not None:
             shared["image_size"] = self.image_size
         names = {f.name for f in fields(source)}

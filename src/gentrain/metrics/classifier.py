@@ -77,7 +77,8 @@ def split_fingerprint(split: ImageSplit) -> str:
     """A digest of a split's pixels and labels: cached features and classifiers follow the data, not its path."""
     digest = hashlib.sha256()
     digest.update(str(tuple(split.images.shape)).encode())
-    digest.update(split.images.contiguous().cpu().numpy().tobytes())
+    for start in range(0, len(split), 8192):  # a chunk at a time: the split may be on disk (data/stored.py)
+        digest.update(split.images[start : start + 8192].contiguous().cpu().numpy().tobytes())
     if split.labels is not None:
         digest.update(split.labels.contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()

@@ -37,7 +37,8 @@ class TranslationQuality:
         """directions: 'a2b' -> (SampleQuality against domain B, domain A), 'b2a' -> the reverse."""
         self.directions = {}
         for direction, (quality, source) in directions.items():
-            images = torch.cat([source.val.images, source.train.images])[:num_samples]
+            from_train = max(0, num_samples - len(source.val))  # read only what is used (the data may be on disk)
+            images = torch.cat([source.val.images[:num_samples], source.train.images[:from_train]])
             self.directions[direction] = (quality, images)
         self.floor = {f"{name}_{direction}": value for direction, (quality, _) in self.directions.items()
                       for name, value in quality.floor.items()}
