@@ -54,7 +54,8 @@ def test_two_processes_match_one_and_share_one_run_directory(tmp_path: Path, sha
     one = run_cli(*PIXELCNN, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr
     (tmp_path / "two").mkdir()
-    two = torchrun(*PIXELCNN, cwd=tmp_path / "two")  # the default timestamped directory
+    # the default timestamped directory; each process streams its shard from disk (dataset.in_memory=false)
+    two = torchrun(*PIXELCNN, "dataset.in_memory=false", cwd=tmp_path / "two")
     assert two.returncode == 0, two.stdout + two.stderr
 
     runs = list((tmp_path / "two" / "outputs").glob("*/*"))
