@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +118,9 @@ def test_one_process_builds_a_cache_while_the_others_wait(tmp_path: Path, monkey
     builds = []
     decode = images_module.decode_images
 
-    def counted(*args, **kwargs):
+    def counted(*args, **kwargs):  # slow enough that the second loader arrives while the first one decodes
         builds.append(1)
+        time.sleep(0.5)
         return decode(*args, **kwargs)
 
     monkeypatch.setattr(images_module, "decode_images", counted)

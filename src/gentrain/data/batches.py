@@ -65,10 +65,10 @@ class TrainBatches:
         self._ahead: deque[tuple[int, Future]] = deque()  # streaming: (global batch number, its read)
         self._reader = ThreadPoolExecutor(1, "gentrain-reader") if isinstance(self.images, DiskImages) else None
 
-    def _epoch_order(self, stream: int = 0) -> Tensor:
-        """A permutation of the images (stream 0) or of domain B's (stream 1) for the current epoch."""
+    def _epoch_order(self, epoch: int, stream: int = 0) -> Tensor:
+        """A permutation of the images (stream 0) or of domain B's (stream 1) for `epoch`."""
         count = len(self.images) if stream == 0 else len(self.other)
-        words = [self.seed, self.epoch] if stream == 0 else [self.seed, self.epoch, stream]
+        words = [self.seed, epoch] if stream == 0 else [self.seed, epoch, stream]
         seed = int(np.random.SeedSequence(words).generate_state(1)[0])
         order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
         return order.to(self.images.device)
@@ -76,10 +76,8 @@ class TrainBatches:
     def _read(self, number: int) -> Future:
         """Start reading global batch `number` (epoch * steps_per_epoch + position) in the background."""
         epoch, position = divmod(number, self.steps_per_epoch)
-        if epoch not in self._orders:
-            saved, self.epoch = self.epoch, epoch
-            self._orders = {e: o for e, o in self._orders.items() if e >= saved} | {epoch: self._epoch_order()}
-            self.epoch = saved
+        if epoch not in self._orders:  # keep the current epoch's order and the next's
+            self._orders = {e: o for e, o in self._orders.items() if e >= self.epoch} | {epoch: self._epoch_order(epoch)}
         start = position * self.batch_size
         index = self._orders[epoch][start : start + self.batch_size][self.shard]
         pin = self.device.type == "cuda"
@@ -101,8 +99,8 @@ class TrainBatches:
 
     def __next__(self) -> Batch:
         if not self._started:
-            self._order = self._epoch_order() if self._reader is None else None
-            self._other_order = None if self.other is None else self._epoch_order(stream=1)
+            self._order = self._epoch_order(self.epoch) if self._reader is None else None
+            self._other_order = None if self.other is None else self._epoch_order(self.epoch, stream=1)
             self._started = True
         start = self.position * self.batch_size
         if self._reader is None:

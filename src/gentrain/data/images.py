@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from gentrain.progress import Progress
+from gentrain.runtime import available_cores
 from gentrain.data.stored import DiskImages, write_npy
 from gentrain.errors import DataError
 
@@ -76,7 +77,7 @@ def decode_images(paths: Sequence[Path], size: int, crop: Optional[int], channel
 
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8) if out is None else out
     starts = list(range(done, len(paths), DECODE_CHUNK))
-    workers = min(8, os.cpu_count() or 1, len(starts))
+    workers = min(8, available_cores(), len(starts))
     failures: list[str] = []
     # Processes, not threads: PIL's resize holds the GIL. Forked, as DataLoader workers are: a spawned worker
     # would import the caller's main module again. Small sets are decoded here, where starting workers costs more.
