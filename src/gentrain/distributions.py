@@ -112,22 +112,21 @@ def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, le
     plus_in = inv_scale * (centered + half_bin)
     min_in = inv_scale * (centered - half_bin)
     mid_in = inv_scale * centered
-    log_cdf_plus = F.logsigmoid(plus_in)  # log P(X <= x + half): the lowest bin
-    log_one_minus_cdf_min = F.logsigmoid(-min_in)  # log P(X > x - half): the highest bin
-    cdf_delta = torch.where(
-        mid_in > 0,
-        torch.sigmoid(-min_in) - torch.sigmoid(-plus_in),
-        torch.sigmoid(plus_in) - torch.sigmoid(min_in),
-    )
+    lowest = x < -1.0 + half_bin
+    edge = lowest | (x > 1.0 - half_bin)
+    # The tails in one pass: log P(X <= x + half) for the lowest bin, log P(X > x - half) for the highest.
+    log_edge = F.logsigmoid(torch.where(lowest, plus_in, -min_in))
+    # sigmoid(plus) - sigmoid(min), or above the mean sigmoid(-min) - sigmoid(-plus): flipping the signs
+    # computes the same differences with two sigmoids instead of four (the abs undoes the flip's sign).
+    flip = torch.where(mid_in > 0, -1.0, 1.0)
+    cdf_delta = (torch.sigmoid(flip * plus_in) - torch.sigmoid(flip * min_in)).abs()
     log_pdf_mid = mid_in - log_scale - 2.0 * F.softplus(mid_in)
     log_prob_mid = torch.where(
         cdf_delta > 1e-5,
         torch.log(cdf_delta.clamp_min(1e-12)),
         log_pdf_mid + math.log(2.0 * half_bin),
     )
-    lowest = x < -1.0 + half_bin
-    highest = x > 1.0 - half_bin
-    return torch.where(lowest, log_cdf_plus, torch.where(highest, log_one_minus_cdf_min, log_prob_mid))
+    return torch.where(edge, log_edge, log_prob_mid)
 
 
 def _quantize(x: Tensor, levels: int) -> Tensor:
