@@ -14,7 +14,9 @@ warm-up (first allocations, cuDNN autotuning, compilation) and is not timed.
   compiled     the same gentrain run with trainer.compile=true (--compile); compilation happens in the warm-up window
 
 --iw adds the VAE's end-of-run bound: seconds per 1,000 test images of the k=100 importance-weighted pass, with
-gentrain's settings and with the earlier ones (4,096 latents per decoder call, default memory format), in turns.
+gentrain's settings, with the earlier ones (4,096 latents per decoder call, default memory format, activations
+that allocate their output), its decoder network alone on as many latents (the floor of any fp32 pass with these
+layers) and under bf16 autocast, in turns.
 
     python scripts/benchmark.py --data ../shared/datasets --output bench.md
     python scripts/benchmark.py --data ../shared/datasets --cases vae_mnist64 dcgan_mnist64 --iw
@@ -114,26 +116,50 @@ def run_plain(case: Case, data: Path, windows: int, extra: list[str]) -> dict:
             if torch.cuda.is_available() else None}
 
 
+IW_EARLIER = "earlier (4096 latents per call, NCHW, activations not in place)"
+IW_DECODER = "its decoder alone (the same latents, no likelihood)"
+IW_BF16 = "gentrain with trainer.precision=bf16"
+
+
 def iw_seconds_per_1000(data: Path, repeats: int, images: int = 500, k: int = 100) -> dict[str, float]:
-    """The default VAE's k=100 bound on `images` test images, with gentrain's settings and the earlier ones."""
+    """The default VAE's k=100 bound on `images` test images: gentrain's pass, the earlier settings, the decoder
+    network alone on as many latents in calls of `images` (what any fp32 pass must at least cost with these
+    layers), and gentrain's pass under bf16 autocast, as a run with trainer.precision=bf16 evaluates."""
     from gentrain.composition import build_model, compose, load_dataset, to_config
+    from gentrain.config import Precision
     from gentrain.data.batches import Batch
+    from gentrain.runtime import autocast
 
     os.environ["GENTRAIN_DATA"] = str(data)
     config = to_config(compose(["model=vae"]))
     dataset = load_dataset(config.dataset)
     batch = Batch(dataset.test.images[:images], None)
-    settings = {"gentrain": (None, True), "earlier (4096 latents per call, NCHW)": (4096, False)}
+
+    def decoder_alone(model) -> None:
+        for _ in range(k):
+            model.decode(torch.randn(images, model.cfg.latent_dim), None)
+
+    settings = {  # name: (pass, gentrain's layout: NHWC weights and activations in place)
+        "gentrain": (lambda model: model.importance_weighted_nll(batch, k), True),
+        IW_EARLIER: (lambda model: model.importance_weighted_nll(batch, k, max_decodes=4096), False),
+        IW_DECODER: (decoder_alone, True),
+        IW_BF16: (lambda model: model.importance_weighted_nll(batch, k), True),
+    }
     times: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(repeats):
-        for name, (decodes, nhwc) in settings.items():
+        for name, (run_pass, current) in settings.items():
             torch.manual_seed(0)
             model = build_model(config.model, dataset.info).eval()
-            if nhwc:
+            if current:
                 model.to(memory_format=torch.channels_last)
-            with torch.no_grad():
+            else:
+                for module in model.modules():
+                    if isinstance(module, torch.nn.SiLU):
+                        module.inplace = False
+            precision = Precision.bf16 if name == IW_BF16 else Precision.fp32
+            with torch.no_grad(), autocast(precision, torch.device("cpu")):
                 started = time.perf_counter()
-                model.importance_weighted_nll(batch, k, max_decodes=decodes)
+                run_pass(model)
                 times[name].append((time.perf_counter() - started) * 1000 / images)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -197,9 +223,9 @@ def main() -> None:
     footer = ["", "Configs: " + "; ".join(f"{name}: `{' '.join(CASES[name].overrides)}`" for name in args.cases)]
     if args.iw:
         seconds = iw_seconds_per_1000(args.data.absolute(), args.repeats)
-        footer += ["", "| VAE end-of-run bound (default conv VAE, MNIST, k=100) | s per 1,000 test images |", "|---|---|"]
-        footer += [f"| {name} | {value:.1f} |" for name, value in seconds.items()]
-        footer.append(f"| speed-up | {seconds['earlier (4096 latents per call, NCHW)'] / seconds['gentrain']:.1f}x |")
+        footer += ["", "| VAE end-of-run bound (default conv VAE, MNIST, k=100) | s per 1,000 test images | "
+                   "earlier / this |", "|---|---|---|"]
+        footer += [f"| {name} | {value:.1f} | {seconds[IW_EARLIER] / value:.1f}x |" for name, value in seconds.items()]
     table = "\n".join(header + rows + footer) + "\n"
     print(table)
     if args.output:

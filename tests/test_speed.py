@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
-from conftest import REPO, compose_config, train_in_process
+from conftest import REPO, compose_config, gentrain_in_process, train_in_process
 
 from gentrain.checkpoint import load_checkpoint
 from gentrain.composition import to_config
@@ -113,3 +115,25 @@ def test_benchmark_script_compares_gentrain_with_the_plain_loop(tmp_path: Path, 
     cells = [c.strip() for c in row.strip("|").split("|")]
     ours, plain, ratio = float(cells[2]), float(cells[3]), float(cells[4])
     assert ours > 0 and plain > 0 and ratio == pytest.approx(ours / plain, rel=0.01)
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_iw_tools_time_the_bound_and_compare_precisions(tmp_path: Path, shared_data: Path, capsys) -> None:
+    seconds = _script("benchmark").iw_seconds_per_1000(shared_data, repeats=1, images=20, k=3)
+    assert len(seconds) == 4 and all(value > 0 for value in seconds.values())
+    run = tmp_path / "vae"
+    code, _, _ = gentrain_in_process(*QUICK, "trainer.max_steps=2", "trainer.progress_bar=false", run_dir=run)
+    assert code == 0
+    with mock.patch.object(sys, "argv", ["iw_precision.py", str(run), "--images", "20", "--k", "3"]):
+        _script("iw_precision").main()
+    lines = capsys.readouterr().out.splitlines()
+    fp32, bf16 = (float(line.split()[1]) for line in lines[1:3])
+    assert lines[1].startswith("  fp32:") and lines[2].startswith("  bf16:")
+    assert 0 < fp32 < 20 * 784 and abs(bf16 - fp32) < 0.01 * fp32  # nats per image, a bf16 shift far below 1%
