@@ -43,6 +43,15 @@ def test_every_experiment_composes(experiment: str, tmp_path: Path) -> None:
             to_config(compose_config(f"experiment={experiment}"))
     config = to_config(compose_config(f"experiment={experiment}", *(f"{key}={tmp_path}" for key in keys)))
     assert isinstance(config.trainer, TrainerConfig)
+    # trainer=debug makes a quick run of the preset: the debug trainer's steps and batches, the preset's model
+    # and data (the model's end-of-run budget shrinks as it does for every debug run)
+    folders = [f"{key}={tmp_path}" for key in keys]
+    debug = to_config(compose_config(f"experiment={experiment}", "trainer=debug", *folders))
+    assert (debug.trainer.max_steps, debug.trainer.max_epochs, debug.trainer.batch_size) == (20, None, 8)
+    budget = type(config.model).__dict__.get("evaluation_budget", frozenset())
+    assert {k: v for k, v in vars(debug.model).items() if k not in budget} == \
+        {k: v for k, v in vars(config.model).items() if k not in budget}
+    assert debug.dataset == config.dataset
 
 
 def test_yaml_values_reach_the_schema() -> None:
