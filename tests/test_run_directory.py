@@ -131,6 +131,51 @@ def test_a_refused_resume_of_a_missing_checkpoint(run_copy: Path, tmp_path: Path
     assert "has no checkpoint to continue from" in line and snapshot(run_copy) == before
 
 
+@pytest.mark.parametrize("resume", [None, "another run"])
+def test_a_run_directory_that_holds_a_run_takes_only_its_own_continuation(
+        run_copy: Path, finished_run: Path, resume) -> None:
+    """A fresh run, or one continuing another run, started where a run already lives would replace its best
+    checkpoint and metrics and mix its checkpoints: refused, byte-identical; trainer.resume=auto continues it."""
+    before = snapshot(run_copy)
+    args = [] if resume is None else [f"trainer.resume={finished_run}"]
+    line = one_error_line(gentrain_in_process(*QUICK, *args, f"hydra.run.dir={run_copy}"))
+    assert f"{run_copy} already holds a run: continue it with trainer.resume=auto" in line
+    assert snapshot(run_copy) == before
+    status, _, err = gentrain_in_process(*QUICK, "trainer.max_steps=8", "trainer.resume=auto",
+                                         f"hydra.run.dir={run_copy}")
+    assert status == 0, err
+    assert json.loads((run_copy / "status.json").read_text())["status"] == "finished"
+    assert load_checkpoint(run_copy / "checkpoints" / "step_00000008.pt")["step"] == 8
+
+
+@pytest.mark.parametrize("command, main, extra", [
+    ("gentrain-eval", cli_eval.main, []),
+    ("gentrain-sample", cli_sample.main, ["n=2"]),
+])
+def test_sample_and_eval_never_write_into_a_run_s_own_files(run_copy: Path, finished_run: Path, tmp_path: Path,
+                                                            command: str, main, extra: list[str]) -> None:
+    """out= naming a run directory (this one or another) or its checkpoints/ or .hydra/ would overwrite its
+    metrics.json or mix TensorBoard events and files into it: refused before any work."""
+    before, other = snapshot(run_copy), snapshot(finished_run)
+    for out in (run_copy, finished_run, run_copy / "checkpoints", run_copy / ".hydra" / "x",
+                run_copy / "eval" / ".." / "checkpoints"):
+        line = one_error_line(command_in_process(main, f"run={run_copy}", *extra, f"out={out}"))
+        assert line.startswith(f"{command}: error: out=") and "choose another folder with out=<folder>" in line
+        assert "is a run directory" in line or "is in the" in line
+    assert snapshot(run_copy) == before and snapshot(finished_run) == other
+    status, _, err = command_in_process(main, f"run={run_copy}", *extra, f"out={run_copy / 'eval' / 'mine'}")
+    assert status == 0, err  # a folder of its own inside the run is fine
+
+
+def test_training_never_lands_in_a_run_s_own_files(run_copy: Path) -> None:
+    before = snapshot(run_copy)
+    for key, value in (("hydra.run.dir", run_copy / "checkpoints" / "new"), ("hydra.sweep.dir", run_copy)):
+        sweep = ["-m", "seed=1,2"] if key == "hydra.sweep.dir" else []
+        line = one_error_line(gentrain_in_process(*sweep, *QUICK, f"{key}={value}"))
+        assert f"{key}={value}" in line and "choose another folder" in line
+    assert snapshot(run_copy) == before
+
+
 def test_a_resume_path_with_equals_signs_and_commas(run_copy: Path, tmp_path: Path) -> None:
     odd = tmp_path / "lr=1e-3,bs=32" / "run"
     odd.parent.mkdir()

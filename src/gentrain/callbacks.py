@@ -10,13 +10,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
-def _require_writable(directory: Path, key: str) -> None:
-    """One line and exit 2 when the directory cannot be written. Hydra turns an exception raised in a callback
-    into a warning and carries on, so this exits directly."""
+def _require_writable(directory: Path, key: str, *, may_hold_run: bool) -> None:
+    """One line and exit 2 when the directory cannot be written or lies in another run's files (rundir.py:
+    refuse_run_files). Hydra turns an exception raised in a callback into a warning and carries on, so this exits
+    directly."""
     from gentrain.errors import EXIT_USER_ERROR, RunDirectoryError
-    from gentrain.rundir import require_writable
+    from gentrain.rundir import refuse_run_files, require_writable
 
     try:
+        refuse_run_files(directory, key, itself=not may_hold_run)
         require_writable(directory, f"choose another with {key}=...")
     except RunDirectoryError as err:
         print(f"gentrain: error: {err}", file=sys.stderr)
@@ -24,13 +26,14 @@ def _require_writable(directory: Path, key: str) -> None:
 
 
 class RunDirectoryCheck(Callback):
-    """Refuse to start when the run or sweep directory is not writable (instead of a traceback mid-start)."""
+    """Refuse to start when the run or sweep directory is not writable or lies in another run's files (instead of
+    a traceback mid-start, or files mixed with a run's)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _require_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+        _require_writable(Path(config.hydra.run.dir), "hydra.run.dir", may_hold_run=True)  # resumed there
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _require_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        _require_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir", may_hold_run=False)
 
 
 class SweepSummary(Callback):

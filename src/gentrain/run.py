@@ -33,6 +33,17 @@ def run_files(task_cfg: Any, hydra_cfg: Any) -> dict[str, str]:
     }
 
 
+def continues_itself(resume: Any, run_dir: Path) -> bool:
+    """Whether trainer.resume continues the run that `run_dir` holds ('auto', the directory or one of its files):
+    anything else started there would overwrite its best checkpoint and metrics and mix its checkpoints."""
+    if resume == "auto":
+        return True
+    if not resume:
+        return False
+    source, home = Path(resume).expanduser().resolve(), run_dir.resolve()
+    return source == home or home in source.parents
+
+
 def run_in_directory(cfg: Any, run_dir: Path, hydra_cfg: Any, *, job: Any = None, sweep: bool = False,
                      parallel_jobs: int = 1, log_format: str = LOG_FORMAT) -> dict[str, Any]:
     """Train the composed config `cfg` in `run_dir` (see the module docstring) and return its final metrics.
@@ -55,6 +66,9 @@ def run_in_directory(cfg: Any, run_dir: Path, hydra_cfg: Any, *, job: Any = None
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(run)
+            if run.writer and run.had_run and not continues_itself(cfg.trainer.resume, run.path):
+                raise RunDirectoryError(f"{run.path} already holds a run: continue it with trainer.resume=auto, "
+                                        f"or train in another directory (hydra.run.dir=...)")
             log.info("overrides: %s", " ".join(overrides) or "none (the defaults)")
             check_choices(cfg, hydra_cfg.runtime.choices)
             result = train(cfg, run.path, before_training=lambda: run.commit(run_files(cfg, hydra_cfg)),

@@ -217,6 +217,27 @@ def require_writable(folder: Path, hint: str) -> Path:
     return folder
 
 
+def holds_run(folder: Path) -> bool:
+    """Whether a run left its files in `folder` (its config or checkpoints)."""
+    return (folder / ".hydra" / "config.yaml").exists() or any((folder / "checkpoints").glob("*.pt"))
+
+
+def refuse_run_files(folder: Path, option: str, *, itself: bool = True) -> None:
+    """A chosen output folder must not be a run directory (unless `itself` may be: a training run resumes there),
+    nor in a run's .hydra/ or checkpoints/: what the command writes there (metrics.json, TensorBoard events,
+    images, a nested run) would overwrite or mix with the run's own files."""
+    folder = Path(os.path.abspath(folder))
+    for owner in (folder, *folder.parents) if itself else folder.parents:
+        if not holds_run(owner):
+            continue
+        inside = folder.relative_to(owner).parts
+        if not inside or inside[0] in (".hydra", "checkpoints"):
+            where = "a run directory" if not inside else f"in the {inside[0]}/ folder of the run {owner}"
+            raise RunDirectoryError(f"{option}={folder} is {where}: its files would be overwritten or mixed; "
+                                    f"choose another folder with {option}=<folder>")
+        return
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -246,7 +267,7 @@ class RunDirectory:
 
     def holds_run(self) -> bool:
         """Whether an earlier run left its files here (its config or checkpoints)."""
-        return (self.path / ".hydra" / "config.yaml").exists() or any((self.path / "checkpoints").glob("*.pt"))
+        return holds_run(self.path)
 
     def __enter__(self) -> "RunDirectory":
         if self.writer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from gentrain.data.schemas import DataInfo, UnpairedDataInfo
 from gentrain.ema import EMA
 from gentrain.errors import CheckpointError, ConfigError, RunDirectoryError, exit_statuses, one_line
 from gentrain.models.base import GenerativeModel
-from gentrain.rundir import read_yaml, require_writable
+from gentrain.rundir import read_yaml, refuse_run_files, require_writable
 from gentrain.runtime import use_channels_last
 
 
@@ -150,8 +151,11 @@ def parse_arguments(argv: list[str], options_class: type) -> tuple[Any, list[str
 
 def output_dir(chosen: Optional[str], default: Path, option: str = "out") -> Path:
     """Where a command writes: `out=` (or `option=`) when given, else `default` inside the run; refused before any
-    work is done when it cannot be written (a read-only run directory: use out=)."""
-    folder = Path(chosen).expanduser().absolute() if chosen else default
+    work is done when it cannot be written (a read-only run directory: use out=) or when the chosen folder is a
+    run directory or its .hydra/ or checkpoints/."""
+    folder = Path(os.path.abspath(Path(chosen).expanduser())) if chosen else default
+    if chosen:
+        refuse_run_files(folder, option)
     return require_writable(folder, f"choose another folder with {option}=<folder>")
 
 
