@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,11 +54,13 @@ def write_folder(folder: Path, count: int, side: int = 64) -> Path:
 
 def peak_training_mb(folder: Path, in_memory: str, steps: int = 40) -> float:
     """Peak resident MB of a short DCGAN run on the folder (its decoded cache already exists)."""
+    run_dir = folder.parent / f"run-{folder.name}-{in_memory}"
     args = [sys.executable, "-m", "gentrain", "model=dcgan", "dataset=folder", f"dataset.path={folder}",
             "dataset.image_size=64", f"dataset.in_memory={in_memory}", f"trainer.max_steps={steps}",
             "trainer.max_epochs=null", "trainer.eval_every=0", "trainer.batch_size=64", "trainer.eval_limit=64",
             "trainer.num_samples=1", "metrics.fid.enabled=false", "trainer.progress_bar=false",
-            f"hydra.run.dir={folder.parent / ('run-' + folder.name + '-' + in_memory)}"]
+            f"hydra.run.dir={run_dir}"]
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own run from an earlier invocation with --work
     _, peak = run(args)
     return peak
 
