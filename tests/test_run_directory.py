@@ -7,6 +7,7 @@ goes non-finite, a full disk or a signal, and checks that what was saved is unto
 
 from __future__ import annotations
 
+import datetime
 import errno
 import hashlib
 import json
@@ -23,10 +24,11 @@ import torch
 from conftest import REPO, SHARED_DATA, command_in_process, gentrain_in_process, run_cli, start_cli
 
 import gentrain.checkpoint as checkpoint_module
-from gentrain import cli_eval, cli_sample
+from gentrain import cli_eval, cli_sample, run_names
 from gentrain.checkpoint import CheckpointManager, load_checkpoint
 from gentrain.errors import CheckpointError
 from gentrain.models.vae import VAE
+from gentrain.rundir import read_yaml
 
 QUICK = ("trainer=debug", "model.arch=mlp", "model.hidden=[32]", "model.iw_samples=2", "trainer.max_steps=6",
          "trainer.eval_every=3", "trainer.progress_bar=false")
@@ -208,6 +210,36 @@ def test_a_second_process_on_the_same_directory_is_refused(tmp_path: Path, share
     # Killed: the kernel released its lock, so the directory can be used (and resumed) again.
     status, out, err = gentrain_in_process(*QUICK, "trainer.resume=auto", run_dir=run_dir)
     assert status == 0, out + err
+
+
+def test_commands_started_in_the_same_second_get_a_directory_each(tmp_path: Path, monkeypatch) -> None:
+    """Run directories are named by the launch second: a command that starts while another run works in that
+    directory (a shell loop with &), or once that directory holds a run, gets its own (<time>_2, <time>_3)."""
+    monkeypatch.chdir(tmp_path)
+    first = start_cli(*QUICK, "seed=1", "trainer.max_steps=100000000", "trainer.eval_every=1000000", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "outputs").glob("*/*/train.log")):  # it has passed its checks and committed
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        base = next((tmp_path / "outputs").glob("*/*/train.log")).parent
+        second = datetime.datetime.strptime(f"{base.parent.name} {base.name}", "%Y-%m-%d %H-%M-%S")
+        set_launch_time = run_names.set_launch_time
+        monkeypatch.setattr(run_names, "set_launch_time", lambda _: set_launch_time(second))
+        status, out, err = gentrain_in_process(*QUICK, "seed=2")  # while the first works there
+    finally:
+        first.kill()
+        first.wait()
+    assert status == 0, out + err
+    status, out, err = gentrain_in_process(*QUICK, "seed=3", "trainer.resume=auto")  # later, same second
+    assert status == 0, out + err
+    moved = [base.with_name(f"{base.name}_2"), base.with_name(f"{base.name}_3")]
+    assert sorted(base.parent.iterdir()) == [base, *moved]
+    assert [read_yaml(d / ".hydra" / "config.yaml")["seed"] for d in (base, *moved)] == [1, 2, 3]  # none mixed
+    for directory in moved:
+        assert json.loads((directory / "status.json").read_text())["status"] == "finished"
+        assert read_yaml(directory / ".hydra" / "hydra.yaml")["hydra"]["run"]["dir"] == str(directory)
+    assert f"{base} is taken by another run" in (moved[0] / "train.log").read_text()
 
 
 def test_temporaries_of_a_killed_save_are_removed_on_resume(run_copy: Path, tmp_path: Path) -> None:

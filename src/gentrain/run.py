@@ -10,6 +10,7 @@ checkpoint to resume from, then the data itself.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from pathlib import Path
@@ -44,28 +45,68 @@ def continues_itself(resume: Any, run_dir: Path) -> bool:
     return source == home or home in source.parents
 
 
+def chose_directory(hydra_cfg: Any) -> bool:
+    """Whether the run's directory was chosen (hydra.run.dir on the command line, or a resume's own directory)
+    rather than named by the launch time."""
+    return any(str(o).startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+
+
+def enter_free_directory(stack: contextlib.ExitStack, run_dir: Path, *, may_move: bool, **options: Any) -> Any:
+    """Lock `run_dir` (rundir.RunDirectory) and return it. A directory named by the launch time (`may_move`) that
+    another run already uses or holds, because two commands started in the same second, gives way to the first
+    free `<dir>_2`, `<dir>_3`, ...: taking the lock is what claims one, so racing commands never share it."""
+    from gentrain.rundir import RunDirectory
+
+    for attempt in range(1, 1000 if may_move else 2):
+        path = run_dir if attempt == 1 else run_dir.with_name(f"{run_dir.name}_{attempt}")
+        run = RunDirectory(path, **options)
+        try:
+            run.__enter__()
+        except RunDirectoryError:
+            if may_move and path.is_dir():  # in use by another process
+                continue
+            raise
+        if may_move and run.had_run:
+            run.__exit__(None, None, None)
+            continue
+        stack.push(run)
+        if path != run_dir:
+            log.info("%s is taken by another run (started at the same time): this run is in %s", run_dir, path)
+        return run
+    raise RunDirectoryError(f"{run_dir} and the next 998 directories beside it are taken: choose hydra.run.dir=...")
+
+
 def run_in_directory(cfg: Any, run_dir: Path, hydra_cfg: Any, *, job: Any = None, sweep: bool = False,
                      parallel_jobs: int = 1, log_format: str = LOG_FORMAT) -> dict[str, Any]:
     """Train the composed config `cfg` in `run_dir` (see the module docstring) and return its final metrics.
 
     `hydra_cfg` is the run's Hydra config (its overrides, choices and what .hydra/ holds). What stops the run is
     raised, after status.json recorded it in a directory this run committed; in a `sweep`, a fresh job directory
-    is committed for that too, so that the sweep summary lists the failure.
+    is committed for that too, so that the sweep summary lists the failure. A single run whose directory is named
+    by the launch time moves beside it when another run got there first (enter_free_directory).
     """
+    from omegaconf import open_dict, read_write
+
     from gentrain.composition import check_choices
-    from gentrain.rundir import RunDirectory
 
     overrides = list(hydra_cfg.overrides.task)
     status = {"job": job, "overrides": overrides}
     started = time.monotonic()
-    run = RunDirectory(run_dir, writer=distributed.context().is_main, log_format=log_format)
+    writer = distributed.context().is_main
+    may_move = writer and not sweep and not distributed.context().enabled and not chose_directory(hydra_cfg)
+    run: Any = None
 
     def ended(outcome: str, **extra: Any) -> None:
-        run.record(outcome, **status, wall_seconds=round(time.monotonic() - started, 1), **extra)
+        if run is not None:
+            run.record(outcome, **status, wall_seconds=round(time.monotonic() - started, 1), **extra)
 
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(run)
+            run = enter_free_directory(stack, run_dir, may_move=may_move, writer=writer, log_format=log_format)
+            if run.path != run_dir:  # .hydra/hydra.yaml says where the run is
+                hydra_cfg = copy.deepcopy(hydra_cfg)
+                with read_write(hydra_cfg), open_dict(hydra_cfg):
+                    hydra_cfg.run.dir = hydra_cfg.runtime.output_dir = str(run.path)
             if run.writer and run.had_run and not continues_itself(cfg.trainer.resume, run.path):
                 raise RunDirectoryError(f"{run.path} already holds a run: continue it with trainer.resume=auto, "
                                         f"or train in another directory (hydra.run.dir=...)")
@@ -78,7 +119,8 @@ def run_in_directory(cfg: Any, run_dir: Path, hydra_cfg: Any, *, job: Any = None
             log.warning("%s", err, extra={"console": False})
             raise
         except Exception as err:
-            if sweep and not run.committed and not run.had_run and not isinstance(err, RunDirectoryError):
+            if sweep and run is not None and not run.committed and not run.had_run \
+                    and not isinstance(err, RunDirectoryError):
                 run.commit(run_files(cfg, hydra_cfg))  # never into a directory another process uses
             ended("failed", error=one_line(err))
             if is_user_error(err):  # a single run prints it on stderr (errors.exit_statuses); a sweep job logs it

@@ -273,6 +273,7 @@ class RunDirectory:
         if self.writer:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
+            self.had_run = self.holds_run()  # again, now that no other process can start a run here
             # Kept in memory until commit(), so that a refused run leaves train.log as it was.
             self._buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
             logging.getLogger().addHandler(self._buffer)
