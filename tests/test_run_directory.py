@@ -383,7 +383,9 @@ def test_sample_and_eval_into_an_unwritable_run(run_copy: Path, tmp_path: Path) 
     ("seed=-3", "seed must be between 0 and"),
     ("name=../../escape", "name must be a file name"),
     ("complete=bottom", "complete"),
+    ("seed=x", "Value 'x' of type 'str' could not be converted to Integer; full_key: seed"),  # no type details
 ])
 def test_bad_sample_options_get_one_line(finished_run: Path, argument: str, message: str) -> None:
     line = one_error_line(command_in_process(cli_sample.main, f"run={finished_run}", argument))
     assert line.startswith("gentrain-sample: error: ") and line.count("gentrain-sample") == 1 and message in line
+    assert "object_type" not in line and "reference_type" not in line

@@ -87,7 +87,9 @@ def one_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines()]
     cause = err.__cause__
     if cause is not None and type(cause).__module__.startswith("omegaconf"):
-        lines += [line.strip() for line in str(cause).splitlines() if not re.match(r"\s*(object|reference)_type=", line)]
+        lines += [line.strip() for line in str(cause).splitlines()]
+    # OmegaConf's type details (reference_type=List[Split], object_type=EvalOptions) say nothing to a user
+    lines = [line for line in lines if not re.match(r"(object|reference)_type=", line)]
     parts: list[str] = []
     listing = False  # the lines after one ending in ':' are the items of a list
     for line in filter(None, lines):
