@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 from conftest import run_cli
@@ -88,3 +90,28 @@ def test_a_requeued_job_keeps_its_row_and_adds_no_column() -> None:
     jobs = [{"overrides": ["model.latent_dim=4"]}, {"overrides": ["model.latent_dim=8", "trainer.resume=auto"]}]
     differing, settings = swept_settings(jobs)
     assert differing == ["model.latent_dim"] and settings[1] == {"model.latent_dim": "8"}
+
+
+def test_sweeps_started_in_the_same_second_keep_their_own_directories(tmp_path: Path, monkeypatch) -> None:
+    """Two `gentrain -m` commands started in the same second: the second finds the sweep directory that second
+    names claimed and takes the next second's, so neither's jobs, multirun.yaml or summary mix with the other's."""
+    from conftest import gentrain_in_process
+
+    from gentrain import cli
+
+    second = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    monkeypatch.setattr(cli, "datetime", SimpleNamespace(datetime=SimpleNamespace(now=lambda: second),
+                                                         timedelta=datetime.timedelta))
+    monkeypatch.chdir(tmp_path)
+    day = tmp_path / "outputs" / "multirun" / "2026-01-02"
+    first_dir, second_dir = day / "03-04-05", day / "03-04-06"
+    status, out, err = gentrain_in_process("-m", *QUICK, "model.latent_dim=4,8")
+    assert status == 0, out + err
+    before = {p: p.read_bytes() for p in first_dir.rglob("*") if p.is_file()}
+    status, out, err = gentrain_in_process("-m", *QUICK, "seed=1,2")
+    assert status == 0, out + err
+    assert {p: p.read_bytes() for p in first_dir.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in first_dir.iterdir() if p.is_dir()) == ["0_latent_dim=4", "1_latent_dim=8"]
+    assert sorted(p.name for p in second_dir.iterdir() if p.is_dir()) == ["0_seed=1", "1_seed=2"]
+    with open(second_dir / "summary.csv") as f:
+        assert sorted(row["seed"] for row in csv.DictReader(f)) == ["1", "2"]

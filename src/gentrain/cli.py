@@ -179,14 +179,26 @@ def main() -> None:
         if {"--help", "-h"} & set(sys.argv[1:]) and "--hydra-help" not in sys.argv:
             print(_help(sys.argv[1:]))
             return
-        run_names.set_launch_time(datetime.datetime.now())
+        launch = datetime.datetime.now()
+        run_names.set_launch_time(launch)
         register()
         distributed.init_from_environment()
         try:
             sys.argv = _rank_arguments(_resume_arguments(sys.argv))
             _check_values_first(sys.argv[1:])
-            with _hydra_raises(), run_names.fixed_for_this_command(sys.argv[1:]):
-                hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(_task)()
+            for _ in range(60):
+                try:
+                    with _hydra_raises(), run_names.fixed_for_this_command(sys.argv[1:]):
+                        hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",
+                                   config_name="config")(_task)()
+                    break
+                except run_names.LaunchTaken as taken:  # a sweep started in the same second has that directory
+                    launch += datetime.timedelta(seconds=1)
+                    run_names.set_launch_time(launch)
+                    log.info("%s: this sweep takes the next second's directory", taken)
+            else:
+                raise RunDirectoryError("the sweep directories of the last 60 seconds are all taken: choose "
+                                        "hydra.sweep.dir=...")
             if _failure:
                 raise _failure.pop()
         finally:

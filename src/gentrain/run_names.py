@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 LAUNCH_TIME_ENV = "GENTRAIN_LAUNCH_TIME"
@@ -35,6 +37,32 @@ def current_launch_time() -> datetime.datetime:
 def set_launch_time(value: datetime.datetime) -> None:
     global _launch_time
     _launch_time = value
+
+
+class LaunchTaken(BaseException):
+    """The sweep directory this launch time names belongs to another command (started in the same second): the
+    command starts again one second later (cli.py). A BaseException, so that Hydra's callback runner lets it out."""
+
+    def __init__(self, folder: Path):
+        super().__init__(f"{folder} belongs to another command")
+        self.folder = folder
+
+
+SWEEP_MARKER = ".gentrain-sweep"
+
+
+def claim_sweep_directory(folder: Path) -> None:
+    """A sweep directory named by the launch time holds one command's jobs: the first command claims it by
+    creating its marker file (atomically); a command that finds it claimed, or filled by an older sweep, raises
+    LaunchTaken instead of mixing its jobs and summary into it."""
+    if any(p.name != SWEEP_MARKER and not p.name.startswith(".gentrain-write-check") for p in folder.iterdir()):
+        raise LaunchTaken(folder)
+    try:
+        fd = os.open(folder / SWEEP_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise LaunchTaken(folder) from None
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    os.close(fd)
 
 
 def launch_time(pattern: str) -> str:
