@@ -33,12 +33,12 @@ class RunDirectoryCheck(Callback):
         _require_writable(Path(config.hydra.run.dir), "hydra.run.dir", may_hold_run=True)  # resumed there
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from gentrain.run_names import claim_sweep_directory
+        from gentrain.run_names import claim_sweep_directory, named_by_launch_time
 
         sweep_dir = Path(config.hydra.sweep.dir)
         _require_writable(sweep_dir, "hydra.sweep.dir", may_hold_run=False)
-        if not any(str(o).startswith("hydra.sweep.dir=") for o in config.hydra.overrides.hydra):
-            claim_sweep_directory(sweep_dir)  # named by the launch second: one command's (a chosen one is reused)
+        if named_by_launch_time(config.hydra.sweep):  # one command's; a chosen directory is reused
+            claim_sweep_directory(sweep_dir)
 
 
 class SweepSummary(Callback):

@@ -45,12 +45,6 @@ def continues_itself(resume: Any, run_dir: Path) -> bool:
     return source == home or home in source.parents
 
 
-def chose_directory(hydra_cfg: Any) -> bool:
-    """Whether the run's directory was chosen (hydra.run.dir on the command line, or a resume's own directory)
-    rather than named by the launch time."""
-    return any(str(o).startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
-
-
 def enter_free_directory(stack: contextlib.ExitStack, run_dir: Path, *, may_move: bool, **options: Any) -> Any:
     """Lock `run_dir` (rundir.RunDirectory) and return it. A directory named by the launch time (`may_move`) that
     another run already uses or holds, because two commands started in the same second, gives way to the first
@@ -71,7 +65,7 @@ def enter_free_directory(stack: contextlib.ExitStack, run_dir: Path, *, may_move
             continue
         stack.push(run)
         if path != run_dir:
-            log.info("%s is taken by another run (started at the same time): this run is in %s", run_dir, path)
+            log.info("%s is taken by another run: this run is in %s", run_dir, path)
         return run
     raise RunDirectoryError(f"{run_dir} and the next 998 directories beside it are taken: choose hydra.run.dir=...")
 
@@ -88,12 +82,13 @@ def run_in_directory(cfg: Any, run_dir: Path, hydra_cfg: Any, *, job: Any = None
     from omegaconf import open_dict, read_write
 
     from gentrain.composition import check_choices
+    from gentrain.run_names import named_by_launch_time
 
     overrides = list(hydra_cfg.overrides.task)
     status = {"job": job, "overrides": overrides}
     started = time.monotonic()
     writer = distributed.context().is_main
-    may_move = writer and not sweep and not distributed.context().enabled and not chose_directory(hydra_cfg)
+    may_move = writer and not sweep and not distributed.context().enabled and named_by_launch_time(hydra_cfg.run)
     run: Any = None
 
     def ended(outcome: str, **extra: Any) -> None:

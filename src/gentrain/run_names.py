@@ -65,6 +65,14 @@ def claim_sweep_directory(folder: Path) -> None:
     os.close(fd)
 
 
+def named_by_launch_time(directories: Any) -> bool:
+    """Whether hydra.run or hydra.sweep names its `dir` by the launch time (the default) rather than by a path the
+    user chose (on the command line or in a config): only such a directory gives way to another command's."""
+    from omegaconf import OmegaConf
+
+    return "launch_time" in str(OmegaConf.to_container(directories, resolve=False).get("dir", ""))
+
+
 def launch_time(pattern: str) -> str:
     """The `launch_time` resolver: when the command was started, formatted with `pattern`."""
     return current_launch_time().strftime(pattern)
