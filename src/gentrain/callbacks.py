@@ -33,7 +33,8 @@ class RunDirectoryCheck(Callback):
         _require_writable(Path(config.hydra.run.dir), "hydra.run.dir", may_hold_run=True)  # resumed there
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from gentrain.run_names import claim_sweep_directory, named_by_launch_time
+        from gentrain.rundir import claim_sweep_directory
+        from gentrain.run_names import named_by_launch_time
 
         sweep_dir = Path(config.hydra.sweep.dir)
         _require_writable(sweep_dir, "hydra.sweep.dir", may_hold_run=False)

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -46,23 +45,6 @@ class LaunchTaken(BaseException):
     def __init__(self, folder: Path):
         super().__init__(f"{folder} belongs to another command")
         self.folder = folder
-
-
-SWEEP_MARKER = ".gentrain-sweep"
-
-
-def claim_sweep_directory(folder: Path) -> None:
-    """A sweep directory named by the launch time holds one command's jobs: the first command claims it by
-    creating its marker file (atomically); a command that finds it claimed, or filled by an older sweep, raises
-    LaunchTaken instead of mixing its jobs and summary into it."""
-    if any(p.name != SWEEP_MARKER and not p.name.startswith(".gentrain-write-check") for p in folder.iterdir()):
-        raise LaunchTaken(folder)
-    try:
-        fd = os.open(folder / SWEEP_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        raise LaunchTaken(folder) from None
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-    os.close(fd)
 
 
 def named_by_launch_time(directories: Any) -> bool:

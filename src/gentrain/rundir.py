@@ -15,17 +15,21 @@ import logging
 import logging.handlers
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from gentrain.errors import RunDirectoryError
+from gentrain.run_names import LaunchTaken
 from gentrain.runlock import RunLock, process_alive
 
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+WRITE_CHECK = ".gentrain-write-check-"  # + pid: the probe of require_writable
+SWEEP_MARKER = ".gentrain-sweep"  # a sweep directory named by the launch time belongs to the command that made it
 TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp: how gentrain writes files atomically
 # The settings a saved override may set when a run is resumed: gentrain's schema, never hydra.* or _target_.
 REPLAYED_ROOTS = ("model", "dataset", "trainer", "metrics", "seed", "name", "experiment")
@@ -109,7 +113,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 def require_writable(folder: Path, hint: str) -> Path:
     """Create `folder` and check that files can be written in it, before any work that would write there is done;
     `hint` says how to choose another (e.g. 'choose another with hydra.run.dir=...')."""
-    probe = folder / f".gentrain-write-check-{os.getpid()}"
+    probe = folder / f"{WRITE_CHECK}{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
@@ -138,6 +142,20 @@ def refuse_run_files(folder: Path, option: str, *, itself: bool = True) -> None:
             raise RunDirectoryError(f"{option}={folder} is {where}: its files would be overwritten or mixed; "
                                     f"choose another folder with {option}=<folder>")
         return
+
+
+def claim_sweep_directory(folder: Path) -> None:
+    """A sweep directory named by the launch time holds one command's jobs: the first command claims it by
+    creating its marker file (atomically); a command that finds it claimed, or filled by an older sweep, raises
+    run_names.LaunchTaken instead of mixing its jobs and summary into it."""
+    if any(p.name != SWEEP_MARKER and not p.name.startswith(WRITE_CHECK) for p in folder.iterdir()):
+        raise LaunchTaken(folder)
+    try:
+        fd = os.open(folder / SWEEP_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise LaunchTaken(folder) from None
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    os.close(fd)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
