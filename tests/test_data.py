@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import pickle
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from synthetic import write_celeba, write_cifar10, write_image_folder, write_mnist
+from test_streaming import file_size_limit
 
 import gentrain.data.images as images_module
 from gentrain.composition import load_dataset
@@ -19,7 +22,7 @@ from gentrain.data.schemas import Binarize
 from gentrain.data.batches import TrainBatches, eval_batches
 from gentrain.data.celeba import CelebAConfig, CelebALabels
 from gentrain.data.cifar10 import CIFAR10Config
-from gentrain.data.download import download, md5sum
+from gentrain.data.download import download, extract_tar, md5sum
 from gentrain.data.folder import FolderConfig
 from gentrain.data.mnist import FILES as MNIST_FILES
 from gentrain.data.mnist import MNISTConfig
@@ -131,6 +134,33 @@ def test_download_falls_back_to_the_next_mirror(tmp_path: Path, shared_data: Pat
     download([f"file://{tmp_path}/nowhere/x.gz", f"file://{mirror}/t10k-labels-idx1-ubyte.gz"], target,
              MNIST_FILES["t10k-labels-idx1-ubyte"])
     assert target.exists()
+
+
+def test_a_full_disk_while_downloading_stops_at_once_leaving_nothing(tmp_path, shared_data) -> None:
+    name = "train-images-idx3-ubyte.gz"  # 9.9 MB
+    mirror = f"file://{shared_data}/MNIST/raw/{name}"
+    target = tmp_path / "out" / name
+    with pytest.raises(OSError) as full, file_size_limit(1 << 20):
+        download([mirror, mirror], target, None)  # a second mirror would fill the disk again
+    assert full.value.errno == errno.EFBIG and full.value.filename == str(target.parent)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_a_full_disk_while_unpacking_leaves_nothing_half_unpacked(tmp_path: Path) -> None:
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    for name in ("data_batch_1", "test_batch"):
+        (batches / name).write_bytes(np.random.default_rng(0).bytes(600_000))
+    archive = tmp_path / "data" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(batches, arcname=batches.name)
+    with pytest.raises(OSError, match="File too large"), file_size_limit(500_000):
+        extract_tar(archive, archive.parent)
+    assert list(archive.parent.iterdir()) == [archive]
+    extract_tar(archive, archive.parent)  # room again: unpacked whole
+    unpacked = archive.parent / batches.name / "test_batch"
+    assert unpacked.read_bytes() == (batches / "test_batch").read_bytes()
 
 
 def test_offline_download_names_the_files(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import ONE_THREAD_ENV, run_cli, train_in_process
 from synthetic import write_mnist
+from test_streaming import file_size_limit
 from torch import Tensor
 
 from gentrain.config import FeatureClassifierConfig, FIDConfig
@@ -21,6 +22,7 @@ from gentrain.data.base import ImageDataset, ImageSplit
 from gentrain.data.mnist import MNISTConfig
 from gentrain.errors import ConfigError
 from gentrain.metrics import classifier as classifier_module
+from gentrain.metrics.cache import cached
 from gentrain.metrics.classifier import load_or_train_classifier, split_fingerprint
 from gentrain.metrics.features import InceptionFeatures, load_inception
 from gentrain.metrics.precision_recall import kth_neighbour_radii, precision_recall
@@ -237,3 +239,12 @@ def test_sample_counts_kid_cannot_use_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="precision_recall_k=50 needs more than that many samples"):
         train_in_process(tmp_path / "run", "model=dcgan", "trainer=debug", f"dataset.root={root}", "dataset.verify=false",
                          "metrics.fid.num_samples=50", "metrics.fid.kid_subset_size=20", "metrics.fid.precision_recall_k=50")
+
+
+def test_a_full_disk_while_caching_costs_only_the_next_run_s_time(tmp_path: Path, caplog) -> None:
+    state = {"features": torch.zeros(1 << 19)}  # 2 MB, over the limit
+    with caplog.at_level(logging.WARNING), file_size_limit(1 << 20):
+        assert cached(tmp_path / "reference.pt", "reference statistics", lambda: state) is state
+    assert "could not cache the reference statistics" in caplog.text
+    assert "File too large" in caplog.text
+    assert not list(tmp_path.iterdir())  # no temporary file left behind

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from gentrain.data.schemas import Binarize, DataInfo, UnpairedDataInfo
-from gentrain.data.stored import DiskImages, keeps_in_memory, pixels, spill, take
+from gentrain.data.npyfile import spill
+from gentrain.data.stored import DiskImages, keeps_in_memory, pixels, take
 from gentrain.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -16,6 +18,8 @@ from gentrain.progress import Progress
 from gentrain.errors import DataError
 
 log = logging.getLogger(__name__)
+
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # errors of a full disk: never the network's
 
 
 def md5sum(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -60,6 +64,8 @@ def download(urls: Sequence[str], destination: Path, md5: str | None) -> Path:
             log.info("downloaded %s from %s", destination, url)
             return destination
         except (urllib.error.URLError, OSError, ValueError) as err:
+            if isinstance(err, OSError) and err.errno in NO_ROOM:  # no other mirror helps
+                raise OSError(err.errno, err.strerror, str(destination.parent)) from None
             failures.append(f"{url}: {getattr(err, 'reason', err)}")
         finally:
             tmp.unlink(missing_ok=True)
@@ -78,15 +84,33 @@ def missing_files_error(dataset: str, folder: Path, files: Sequence[str], hint: 
 
 
 def extract_tar(archive: Path, destination: Path) -> None:
-    """Unpack a tar archive, refusing members that would land outside `destination`."""
+    """Unpack a tar archive, refusing members that would land outside `destination`: into a
+    temporary folder there first, then moved into place, so that a full disk or Ctrl-C leaves no
+    half-unpacked files."""
     import tarfile
 
-    with tarfile.open(archive) as tar:
-        try:
-            tar.extractall(destination, filter="data")
-        except TypeError:  # Python < 3.10.12 has no extraction filters
-            root = destination.resolve()
-            for member in tar.getmembers():
-                if not (destination / member.name).resolve().is_relative_to(root):
-                    raise DataError(f"refusing to extract {member.name} from {archive}: it points outside {root}")
-            tar.extractall(destination)
+    staging = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=destination))
+    try:
+        with tarfile.open(archive) as tar:
+            try:
+                tar.extractall(staging, filter="data")
+            except TypeError:  # Python < 3.10.12 has no extraction filters
+                root = staging.resolve()
+                for member in tar.getmembers():
+                    if not (staging / member.name).resolve().is_relative_to(root):
+                        raise DataError(f"refusing to extract {member.name} from {archive}: "
+                                        f"it points outside {destination}")
+                tar.extractall(staging)
+        for entry in staging.iterdir():
+            _move_into(entry, destination / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """`source` renamed to `target`, merged into a folder already there (a user's partial copy)."""
+    if source.is_dir() and not source.is_symlink() and target.is_dir() and not target.is_symlink():
+        for entry in source.iterdir():
+            _move_into(entry, target / entry.name)
+    else:
+        os.replace(source, target)

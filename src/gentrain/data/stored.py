@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -50,6 +49,11 @@ class DiskImages:
         self.file_shape = tuple(int(s) for s in shape)
         self.row_bytes = int(np.prod(self.file_shape[1:]))
         self.rows = rows  # int64 row numbers in the file, or None for every row in order
+
+    @classmethod
+    def from_descriptor(cls, fd: int, name: Union[str, Path]) -> "DiskImages":
+        """The array in the open file `fd` (closed with the last view), named or not."""
+        return cls(name, file=_OpenFile(Path(name), fd))
 
     def __len__(self) -> int:
         return self.file_shape[0] if self.rows is None else len(self.rows)
@@ -101,7 +105,6 @@ class DiskImages:
         return self.read(torch.arange(len(self)))
 
 
-
 class _OpenFile:
     """A read-only descriptor, closed when the last view of its array goes."""
 
@@ -126,30 +129,6 @@ def take(images: Union[Tensor, DiskImages], index: Tensor) -> Union[Tensor, Disk
 def pixels(images: Union[Tensor, DiskImages]) -> Tensor:
     """The images as a tensor in memory (read from disk when stored)."""
     return images.load() if isinstance(images, DiskImages) else images
-
-
-def write_npy(path: Path, images: Union[Tensor, np.ndarray]) -> None:
-    """Save a uint8 array as .npy, atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, images.numpy() if isinstance(images, Tensor) else images)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def spill(images: Tensor, folder: Path) -> DiskImages:
-    """A tensor written to an anonymous file in `folder` (unlinked at once: it disappears with the process) and
-    read back from disk: in_memory=false for data a loader built in memory (MNIST, CIFAR-10)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=".stream-", suffix=".npy", dir=folder)
-    try:
-        with os.fdopen(os.dup(handle), "wb") as f:
-            np.save(f, images.contiguous().numpy())
-        return DiskImages(name, file=_OpenFile(Path(name), handle))
-    finally:
-        os.unlink(name)
 
 
 def available_memory() -> Optional[int]:
