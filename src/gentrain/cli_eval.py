@@ -5,10 +5,10 @@
     gentrain-eval run=... splits=[val,test] checkpoint=last dataset.root=/data
 
 Options: run (required), checkpoint (best | last | a file; default best), splits (default [test]),
-batch_size, device, seed, out; any other key=value overrides the run's saved config. The model gets the
+batch_size, device, seed, out, overwrite; any other key=value overrides the run's saved config. The model gets the
 expensive end-of-run treatment (final=True) on every split. Results go to <run>/eval/metrics.json and to
 TensorBoard (<run>/eval/, tags eval/<split>/<metric>), or into `out=<folder>`; the training checkpoints are only
-read.
+read. An earlier evaluation's files there are never replaced unless `overwrite=true`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gentrain.data.schemas import resolve_root
 from gentrain.errors import ConfigError
 from gentrain.evaluation import Evaluator
 from gentrain.logger import RunLogger, write_json
-from gentrain.runs import load_run, output_dir, run_command
+from gentrain.runs import load_run, output_dir, refuse_existing, run_command
 from gentrain.runtime import pick_device
 
 log = logging.getLogger("gentrain.eval")
@@ -47,6 +47,7 @@ class EvalOptions:
     device: str = setting("auto", pattern=DEVICE_PATTERN, meaning="auto, cpu, cuda, cuda:N or mps")
     seed: Optional[int] = setting(None, min=0, max=SEED_MAX)  # null: the run's seed
     out: Optional[str] = None  # the folder for metrics.json and events; null: <run>/eval
+    overwrite: bool = False  # replace an earlier evaluation's metrics.json and events in that folder
 
 
 def evaluate_run(options: EvalOptions, overrides: list[str]) -> tuple[dict[str, Any], Path]:
@@ -55,7 +56,9 @@ def evaluate_run(options: EvalOptions, overrides: list[str]) -> tuple[dict[str, 
 
     device = pick_device(options.device)
     run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)
-    out_dir = output_dir(options.out, run.run_dir / "eval")
+    out_dir = output_dir(options.out, run.run_dir / "eval", run_dir=run.run_dir)
+    earlier = [out_dir / "metrics.json", *sorted(out_dir.glob("events.out.tfevents.*"))]
+    refuse_existing(earlier, options.overwrite, " (an earlier evaluation)")
     splits = [split.value for split in options.splits]
     config = run.config
     seed = config.seed if options.seed is None else options.seed
@@ -87,7 +90,9 @@ def evaluate_run(options: EvalOptions, overrides: list[str]) -> tuple[dict[str, 
     results["eval_images"] = {split: evaluator.images(split) for split in splits}
     results["notes"] = evaluator.notes()
 
-    write_json(out_dir / "metrics.json", results)
+    for events in earlier[1:]:  # overwrite=true: the earlier evaluation's curves would mix with these
+        events.unlink(missing_ok=True)
+    write_json(out_dir / "metrics.json", results, root=out_dir, replace=options.overwrite)
     # The run's own tag names, so that TensorBoard draws these values in the same charts as the run's.
     logger = RunLogger(out_dir)
     for split in splits:

@@ -11,12 +11,15 @@
 
 The model is rebuilt from the run's saved config and checkpoint (best.pt unless `checkpoint=` names another),
 with its EMA weights when the run kept them. Output: <run>/samples/<name>.png and <name>.npz (images as uint8
-pixel values in [0, levels), labels, and the settings), or the same files in `out=<folder>`.
+pixel values in [0, levels), labels, and the settings), or the same files in `out=<folder>`. Existing files are
+never replaced unless `overwrite=true`; translations never go into (or around) their input folder, and two inputs
+that would share an output name (a.png, a.jpg) are refused before any work.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -31,8 +34,9 @@ from gentrain.composition import load_dataset
 from gentrain.data.batches import Batch, eval_batches
 from gentrain.errors import ConfigError
 from gentrain.evaluation import Evaluator
-from gentrain.logger import image_grid
-from gentrain.runs import LoadedRun, load_run, output_dir, run_command
+from gentrain.files import write_file
+from gentrain.logger import image_grid, write_png
+from gentrain.runs import LoadedRun, load_run, output_dir, refuse_existing, run_command
 from gentrain.runtime import pick_device
 
 log = logging.getLogger("gentrain.sample")
@@ -62,6 +66,7 @@ class SampleOptions:
     translate: Optional[Direction] = None  # translation models: a2b or b2a, the images of input= into output=
     input: Optional[str] = setting(None, path="dir")  # translate: a folder of PNG/JPEG images (sub-folders too)
     output: Optional[str] = None  # translate: where the translated images go; null: <run>/samples/translated_<dir>
+    overwrite: bool = False  # replace existing files of the same names (never done otherwise)
 
 
 def _labels(run: LoadedRun, value: Any, n: int, device: torch.device) -> Optional[torch.Tensor]:
@@ -82,11 +87,26 @@ def _test_images(run: LoadedRun, n: int, device: torch.device) -> Batch:
     return next(eval_batches(dataset.test, n, use_labels=run.model.conditional, device=device))
 
 
+def translation_targets(source: Path, out_dir: Path, paths: list[Path]) -> list[Path]:
+    """Where each image of `source` goes: a PNG of the same relative name under `out_dir`. Refused before any work
+    when the two folders overlap (the translations would replace the images, or be read as inputs by the next
+    translation) or when two inputs share an output name (a.png and a.jpg)."""
+    if out_dir == source or source in out_dir.parents or out_dir in source.parents:
+        raise ConfigError(f"output={out_dir} and input={source} overlap: the translations would replace or mix "
+                          f"with the images they come from; choose an output folder outside the input")
+    targets = [(out_dir / path.relative_to(source)).with_suffix(".png") for path in paths]
+    first: dict[Path, Path] = {}
+    for path, target in zip(paths, targets):
+        if target in first:
+            raise ConfigError(f"{first[target].relative_to(source)} and {path.relative_to(source)} would both be "
+                              f"written as {target}: rename one of them")
+        first[target] = path
+    return targets
+
+
 def translate(options: SampleOptions, overrides: list[str]) -> tuple[int, Path]:
     """Translate every image under options.input with a translation model (CycleGAN): each is centre-cropped and
     resized to the model's images, and written as a PNG of the same relative name under the output folder."""
-    from torchvision.utils import save_image
-
     from gentrain.data.folder import find_images
     from gentrain.data.images import decode_images
     from gentrain.progress import track
@@ -97,10 +117,13 @@ def translate(options: SampleOptions, overrides: list[str]) -> tuple[int, Path]:
     run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)
     if run.model.domains != 2:
         raise ConfigError(f"translate= is for translation models (model=cyclegan); this run trains {run.model.name}")
-    source = Path(options.input).expanduser().absolute()
+    source = Path(os.path.abspath(Path(options.input).expanduser()))
     direction = options.translate.value
-    out_dir = output_dir(options.output, run.run_dir / "samples" / f"translated_{direction}", "output")
     paths, _, _ = find_images(source)
+    out_dir = output_dir(options.output, run.run_dir / "samples" / f"translated_{direction}", "output",
+                         run_dir=run.run_dir)
+    targets = translation_targets(source, out_dir, paths)
+    refuse_existing(targets, options.overwrite)
     data = run.data
     evaluator = Evaluator(run.model, None, batch_size=1, precision=run.config.trainer.precision, device=device,
                           seed=options.seed, ema=run.ema)
@@ -110,18 +133,21 @@ def translate(options: SampleOptions, overrides: list[str]) -> tuple[int, Path]:
             chunk = paths[start : start + batch_size]
             images = torch.from_numpy(decode_images(chunk, data.height, None, data.channels, desc="decode"))
             translated = run.model.translate(images.to(device), direction).cpu()
-            for path, image in zip(chunk, translated):
-                target = (out_dir / path.relative_to(source)).with_suffix(".png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                save_image(image, target)
+            for target, image in zip(targets[start : start + batch_size], translated):
+                write_png(target, image, root=out_dir, replace=options.overwrite)
     return len(paths), out_dir
 
 
 def draw(options: SampleOptions, overrides: list[str]) -> tuple[Path, Path]:
     device = pick_device(options.device)
     run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)
-    out_dir = output_dir(options.out, run.run_dir / "samples")
+    out_dir = output_dir(options.out, run.run_dir / "samples", run_dir=run.run_dir)
     n, seed = options.n, options.seed
+    kind = "completion" if options.complete is not None else "interpolation" if options.interpolate else "samples"
+    name = options.name or f"{kind}_step{run.step:08d}_seed{seed}" + (
+        f"_t{options.temperature}" if options.temperature != 1.0 else "")
+    png, npz = out_dir / f"{name}.png", out_dir / f"{name}.npz"
+    refuse_existing([png, npz], options.overwrite)  # before the sampling, which can take minutes
     evaluator = Evaluator(run.model, None, batch_size=n, precision=run.config.trainer.precision, device=device,
                           seed=seed, ema=run.ema)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -133,28 +159,24 @@ def draw(options: SampleOptions, overrides: list[str]) -> tuple[Path, Path]:
             originals = batch.x.float() / (run.data.levels - 1)
             images = completed
             grid = torch.stack([originals, completed])  # the test images above, their completions below
-            labels, kind = batch.y, "completion"
+            labels = batch.y
         elif options.interpolate:
             batch = _test_images(run, 2 * max(1, n // 10), device)
             grid = run.model.interpolate(batch)
-            images, kind = grid.flatten(0, 1), "interpolation"
+            images = grid.flatten(0, 1)
         else:
             labels = _labels(run, options.labels, n, device)
             images = run.model.sample(n, labels=labels, generator=generator, temperature=options.temperature)
-            grid, kind = images, "samples"
+            grid = images
 
-    name = options.name or f"{kind}_step{run.step:08d}_seed{seed}" + (
-        f"_t{options.temperature}" if options.temperature != 1.0 else "")
-    png, npz = out_dir / f"{name}.png", out_dir / f"{name}.npz"
-    from torchvision.utils import save_image
-
-    save_image(image_grid(grid), png)
     pixels = (images.float().clamp(0, 1) * (run.data.levels - 1)).round().to(torch.uint8).cpu().numpy()
-    np.savez_compressed(
-        npz, images=pixels, labels=np.array([]) if labels is None else labels.cpu().numpy(),
+    arrays = dict(
+        images=pixels, labels=np.array([]) if labels is None else labels.cpu().numpy(),
         levels=run.data.levels, checkpoint=str(run.checkpoint.relative_to(run.run_dir)), step=run.step, seed=seed,
         temperature=options.temperature, kind=kind,
     )
+    write_png(png, image_grid(grid), root=out_dir, replace=options.overwrite)
+    write_file(npz, lambda f: np.savez_compressed(f, **arrays), root=out_dir, replace=options.overwrite)
     return png, npz
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torchvision.utils import make_grid, save_image
+
+from gentrain.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,11 @@ class RunLogger:
     def images(self, grids: Mapping[str, Tensor], step: int) -> None:
         if not self.enabled:
             return
-        self.samples_dir.mkdir(parents=True, exist_ok=True)
         for name, images in grids.items():
             grid = image_grid(images)
             self.writer.add_image(f"images/{name}", grid, step)  # after the scalars in TensorBoard's views
             filename = f"step_{step:06d}.png" if name == "samples" else f"{name}_step_{step:06d}.png"
-            save_image(grid, self.samples_dir / filename)
+            write_png(self.samples_dir / filename, grid, root=self.run_dir)
 
     def text(self, tag: str, text: str) -> None:
         if self.enabled:
@@ -134,8 +134,12 @@ def hparams_summaries(hparams: Mapping[str, Any], metrics: Mapping[str, float]) 
     return list(summaries)
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+def write_json(path: Path, data: Mapping[str, Any], *, root: Optional[Path] = None, replace: bool = True) -> None:
+    """JSON through files.write_file: complete or absent, never through a link."""
+    write_file(path, json.dumps(data, indent=2, sort_keys=False) + "\n", root=root, replace=replace)
+
+
+def write_png(path: Path, image: Tensor, *, root: Optional[Path] = None, replace: bool = True) -> None:
+    """An image (C, H, W) in [0, 1] as a PNG, through files.write_file (a Ctrl-C or a full disk mid-write leaves
+    no truncated image under the final name)."""
+    write_file(path, lambda f: save_image(image, f, format="png"), root=root, replace=replace)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import yaml
 
+from gentrain import files
 from gentrain.errors import RunDirectoryError
 from gentrain.run_names import LaunchTaken
 from gentrain.runlock import RunLock, process_alive
@@ -30,31 +31,75 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 WRITE_CHECK = ".gentrain-write-check-"  # + pid: the probe of require_writable
 SWEEP_MARKER = ".gentrain-sweep"  # a sweep directory named by the launch time belongs to the command that made it
-TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp: how gentrain writes files atomically
+RUN_FOLDERS = (".hydra", "checkpoints", "samples", "eval")  # what gentrain makes inside a run directory
 # The settings a saved override may set when a run is resumed: gentrain's schema, never hydra.* or _target_.
 REPLAYED_ROOTS = ("model", "dataset", "trainer", "metrics", "seed", "name", "experiment")
 CONFIG_GROUPS = ("model", "dataset", "trainer", "experiment")
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
-def read_yaml(path: Path) -> Any:
-    """Plain YAML data: mappings, lists, strings, numbers. A tag that would build an object is refused."""
-    from omegaconf._utils import get_yaml_loader  # OmegaConf's safe loader (YAML 1.2 floats)
+MAX_TEXT_BYTES = 4 << 20  # a run's YAML and JSON files are a few kilobytes
+MAX_YAML_NODES = 100_000  # values a run's YAML may expand to, aliases counted each time they are used
 
+
+def read_text(path: Path) -> str:
+    """A run's text file, refused when it is larger than any file gentrain writes."""
     try:
-        return yaml.load(path.read_text(), Loader=get_yaml_loader())
-    except yaml.YAMLError as err:
-        reason = " ".join(str(err).split())
-        raise RunDirectoryError(f"{path} is not plain YAML data, refusing to use it ({reason})") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TEXT_BYTES + 1)
+        if len(raw) > MAX_TEXT_BYTES:
+            raise RunDirectoryError(f"{path} is larger than {MAX_TEXT_BYTES >> 20} MB: not a file gentrain wrote, "
+                                    f"refusing to read it")
+        return raw.decode()
     except (OSError, UnicodeDecodeError) as err:
         raise RunDirectoryError(f"cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
 
 
+def expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many values a YAML node stands for once its aliases are expanded (each shared node counted once per
+    use, computed once): a few hundred bytes of nested aliases can stand for billions."""
+    key = id(node)
+    if sizes.get(key) == -1:  # a node that contains itself expands without end
+        return MAX_YAML_NODES + 1
+    if key not in sizes:
+        sizes[key] = -1
+        children = node.value if isinstance(node.value, list) else []
+        total = 1
+        for child in children:
+            for part in child if isinstance(child, tuple) else (child,):
+                total += expanded_size(part, sizes)
+                if total > MAX_YAML_NODES:
+                    break
+        sizes[key] = total
+    return sizes[key]
+
+
+def read_yaml(path: Path) -> Any:
+    """Plain YAML data: mappings, lists, strings, numbers. A tag that would build an object is refused, and so are
+    files larger, or expanding to more values, than any that gentrain writes."""
+    from omegaconf._utils import get_yaml_loader  # OmegaConf's safe loader (YAML 1.2 floats)
+
+    loader = get_yaml_loader()(read_text(path))
+    try:
+        node = loader.get_single_node()
+        if node is not None and expanded_size(node, {}) > MAX_YAML_NODES:
+            raise RunDirectoryError(f"{path} expands to more than {MAX_YAML_NODES:,} values (aliases?): "
+                                    f"not a file gentrain wrote, refusing to read it")
+        return None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise RunDirectoryError(f"{path} is not plain YAML data, refusing to use it ({reason})") from None
+    except RecursionError:
+        raise RunDirectoryError(f"{path} nests too deeply: not a file gentrain wrote, refusing to read it") from None
+    finally:
+        loader.dispose()
+
+
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise RunDirectoryError(f"cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
+        return json.loads(read_text(path))
+    except (ValueError, RecursionError) as err:
+        raise RunDirectoryError(f"cannot read {path} ({err})") from None
 
 
 def replayable_overrides(run_dir: Path) -> list[str]:
@@ -97,16 +142,8 @@ class ConsoleFilter(logging.Filter):
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete the half-written temporaries (.<name>.<pid>.tmp) of processes that no longer run."""
-    removed = []
-    for folder in (run_dir, run_dir / ".hydra", run_dir / "checkpoints"):
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            match = TEMPORARY.match(path.name)
-            if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
+    folders = [run_dir, *(run_dir / name for name in RUN_FOLDERS)]
+    return files.remove_stale_temporaries(folders, process_alive)
 
 
 # --- one run in its directory ---------------------------------------------------------------------------------
@@ -116,7 +153,8 @@ def require_writable(folder: Path, hint: str) -> Path:
     probe = folder / f"{WRITE_CHECK}{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
+        probe.unlink(missing_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
         probe.unlink()
     except OSError as err:
         raise RunDirectoryError(f"cannot write {folder} ({err.strerror or err}): {hint}") from None
@@ -158,15 +196,13 @@ def claim_sweep_directory(folder: Path) -> None:
     os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def refuse_links(run_dir: Path) -> None:
+    """One line, before anything is written, when a folder or the log of the run is a symbolic link: what gentrain
+    writes there would land wherever the link points (a downloaded run, or a hostile one)."""
+    for name in (*RUN_FOLDERS, "train.log"):
+        if (run_dir / name).is_symlink():
+            raise RunDirectoryError(f"{run_dir / name} is a symbolic link: gentrain does not write through links "
+                                    f"in a run directory (put a real one in its place)")
 
 
 class RunDirectory:
@@ -194,6 +230,11 @@ class RunDirectory:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
             self.had_run = self.holds_run()  # again, now that no other process can start a run here
+            try:
+                refuse_links(self.path)
+            except BaseException:
+                self._lock.release()
+                raise
             # Kept in memory until commit(), so that a refused run leaves train.log as it was.
             self._buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
             logging.getLogger().addHandler(self._buffer)
@@ -203,14 +244,14 @@ class RunDirectory:
                          ", ".join(str(p.relative_to(self.path)) for p in removed))
         return self
 
-    def commit(self, files: dict[str, str]) -> None:
-        """The run passed its checks: write `files` (path in the run -> text, e.g. .hydra/config.yaml) and start
+    def commit(self, contents: dict[str, str]) -> None:
+        """The run passed its checks: write `contents` (path in the run -> text, e.g. .hydra/config.yaml) and start
         train.log with everything logged so far."""
         if not self.writer or self.committed:
             return
-        for name, text in files.items():
-            write_text_atomic(self.path / name, text)
-        handler = logging.FileHandler(self.path / "train.log")
+        for name, text in contents.items():
+            files.write_file(self.path / name, text, root=self.path)
+        handler = logging.StreamHandler(files.open_append(self.path / "train.log", root=self.path))
         handler.setFormatter(logging.Formatter(self.log_format))
         root = logging.getLogger()
         root.addHandler(handler)
@@ -225,7 +266,8 @@ class RunDirectory:
     def record(self, status: str, **fields: Any) -> None:
         """status.json: how the run ended. Written only into a committed run."""
         if self.writer and self.committed:
-            write_text_atomic(self.path / "status.json", json.dumps({"status": status, **fields}, indent=2) + "\n")
+            files.write_file(self.path / "status.json", json.dumps({"status": status, **fields}, indent=2) + "\n",
+                             root=self.path)
 
     def __exit__(self, *exc: Any) -> None:
         root = logging.getLogger()
@@ -233,5 +275,7 @@ class RunDirectory:
             if handler is not None:
                 root.removeHandler(handler)
                 handler.close()
+        if self._file_handler is not None:
+            self._file_handler.stream.close()  # a StreamHandler leaves its stream open
         self._buffer = self._file_handler = None
         self._lock.release()

@@ -28,7 +28,9 @@ from gentrain.data.schemas import DataInfo, UnpairedDataInfo
 from gentrain.ema import EMA
 from gentrain.errors import CheckpointError, ConfigError, RunDirectoryError, exit_statuses, one_line
 from gentrain.models.base import GenerativeModel
+from gentrain.files import FileExists, existing, real_folder, remove_stale_temporaries
 from gentrain.rundir import read_yaml, refuse_run_files, require_writable
+from gentrain.runlock import process_alive
 from gentrain.runtime import use_channels_last
 
 
@@ -149,14 +151,32 @@ def parse_arguments(argv: list[str], options_class: type) -> tuple[Any, list[str
     return options, overrides
 
 
-def output_dir(chosen: Optional[str], default: Path, option: str = "out") -> Path:
-    """Where a command writes: `out=` (or `option=`) when given, else `default` inside the run; refused before any
-    work is done when it cannot be written (a read-only run directory: use out=) or when the chosen folder is a
-    run directory or its .hydra/ or checkpoints/."""
+def output_dir(chosen: Optional[str], default: Path, option: str = "out", *, run_dir: Path) -> Path:
+    """Where a command writes: `out=` (or `option=`) when given, else `default` inside `run_dir`; refused before
+    any work is done when it cannot be written (a read-only run directory: use out=), when the chosen folder is
+    a run directory or its .hydra/ or checkpoints/, or when a folder inside the run on the way is a link.
+    Temporaries that a killed command left there are removed."""
     folder = Path(os.path.abspath(Path(chosen).expanduser())) if chosen else default
     if chosen:
         refuse_run_files(folder, option)
-    return require_writable(folder, f"choose another folder with {option}=<folder>")
+    try:
+        real_folder(folder, None if chosen else run_dir)
+    except (RunDirectoryError, OSError) as err:
+        raise RunDirectoryError(f"cannot write {folder} ({getattr(err, 'strerror', None) or err}): choose "
+                                f"another folder with {option}=<folder>") from None
+    require_writable(folder, f"choose another folder with {option}=<folder>")
+    remove_stale_temporaries([folder], process_alive)
+    return folder
+
+
+def refuse_existing(paths: list[Path], overwrite: bool, what: str = "") -> None:
+    """The rule of gentrain-sample and gentrain-eval for files they would write: an existing file is never
+    replaced unless overwrite=true (one line names it, before any work)."""
+    found = existing(paths)
+    if found and not overwrite:
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        raise FileExists(f"{found[0]}{more} already exist{'s' if len(found) == 1 else ''}{what}: pass "
+                         f"overwrite=true to replace, or choose another name or folder")
 
 
 def run_command(command: str, doc: str, options_class: type, action: Callable[[Any, list[str]], str],

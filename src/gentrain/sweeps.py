@@ -4,11 +4,13 @@ trials an Optuna search still has to run when it continues a stored study."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 from gentrain.errors import RunDirectoryError
+from gentrain.files import write_file
 from gentrain.run_names import NOT_A_SETTING
 from gentrain.rundir import read_json, read_yaml
 
@@ -86,23 +88,25 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     """Write summary.csv (full precision) and summary.md (rounded) into the sweep directory; return the jobs."""
     jobs = sweep_jobs(sweep_dir)
     header, rows = summary_rows(jobs)
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows([["" if v is None else v for v in row] for row in rows])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    write_file(sweep_dir / "summary.csv", table.getvalue(), root=sweep_dir)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    write_file(sweep_dir / "summary.md", "\n".join(lines) + "\n", root=sweep_dir)
     return jobs
 
 
 def optuna_trials_left(total: int, *, _parent_: Any) -> int:
-    """The `optuna_trials_left` resolver, `hydra.sweeper.n_trials: ${optuna_trials_left:20}`: `total` minus the
-    trials the sweeper's stored study (its `storage` and `study_name`) already finished (complete, pruned or
-    failed), so that a search stopped half-way and started again with the same command runs only the rest. Trials
-    still marked running were cut off by the interruption: they are run again."""
+    """The `optuna_trials_left` resolver, `hydra.sweeper.n_trials: ${optuna_trials_left:20}`, for
+    hydra-optuna-sweeper's own sweeper (hydra/sweeper=optuna): `total` minus the trials the stored study
+    (its `storage` and `study_name`) already finished (complete, pruned or failed), counted once as the
+    sweep starts. gentrain's sweeper (hydra/sweeper=optuna_study) counts the whole study itself before
+    each batch: there it is `total`."""
     storage, study_name = _parent_.get("storage"), _parent_.get("study_name")
-    if not storage:
+    if not storage or str(_parent_.get("_target_")).startswith("hydra_plugins.gentrain_launcher."):
         return int(total)
     import optuna
 

@@ -16,6 +16,8 @@ from typing import Sequence
 
 from gentrain.progress import Progress
 from gentrain.errors import DataError
+from gentrain.files import remove_stale_temporaries, write_file
+from gentrain.runlock import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,23 @@ def md5sum(path: Path, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class Mismatch(Exception):
+    """A download whose md5 is not the published one."""
+
+
+def _fetch(response, out, name: str, md5: str | None) -> None:
+    """Copy a response into `out`, checking its md5 on the way: a mismatch raises before the file is renamed."""
+    digest = hashlib.md5()
+    total = int(response.headers.get("Content-Length") or 0) or None
+    with Progress(total, f"download {name}", "B") as progress:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            out.write(chunk)
+            digest.update(chunk)
+            progress.update(len(chunk))
+    if md5 is not None and digest.hexdigest() != md5:
+        raise Mismatch(f"md5 {digest.hexdigest()} does not match the published {md5} (corrupted download)")
 
 
 def download(urls: Sequence[str], destination: Path, md5: str | None) -> Path:
@@ -45,30 +64,19 @@ def download(urls: Sequence[str], destination: Path, md5: str | None) -> Path:
             f"dataset.root (or $GENTRAIN_DATA) at a writable folder, or put the files there yourself"
         ) from None
     failures = []
+    remove_stale_temporaries([destination.parent], process_alive)  # those of a download killed with kill -9
     for url in urls:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with Progress(total, f"download {destination.name}", "B") as progress:
-                    for chunk in iter(lambda: response.read(1 << 20), b""):
-                        out.write(chunk)
-                        progress.update(len(chunk))
-            if md5 is not None:
-                actual = md5sum(tmp)
-                if actual != md5:
-                    failures.append(f"{url}: md5 {actual} does not match the published {md5} (corrupted download)")
-                    continue
-            os.replace(tmp, destination)
+            with urllib.request.urlopen(url, timeout=60) as response:
+                write_file(destination, lambda out: _fetch(response, out, destination.name, md5))
             log.info("downloaded %s from %s", destination, url)
             return destination
+        except Mismatch as err:
+            failures.append(f"{url}: {err}")
         except (urllib.error.URLError, OSError, ValueError) as err:
             if isinstance(err, OSError) and err.errno in NO_ROOM:  # no other mirror helps
                 raise OSError(err.errno, err.strerror, str(destination.parent)) from None
             failures.append(f"{url}: {getattr(err, 'reason', err)}")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise DataError(f"could not download {destination.name} ({'; '.join(failures)})")
 
 

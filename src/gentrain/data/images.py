@@ -23,6 +23,7 @@ from gentrain.data.cache import cache_dir_for  # noqa: F401 (imported from here 
 from gentrain.data.npyfile import NpyFile
 from gentrain.data.stored import DiskImages
 from gentrain.errors import DataError
+from gentrain.files import write_file
 from gentrain.forked import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -131,9 +132,7 @@ def decoded_cached(data_dir: Path, name: str, key: dict, paths: Sequence[Path], 
 
         def progress(count: int) -> None:
             out.sync()  # the images first, then the record that says they are there
-            tmp = record.with_suffix(".tmp")
-            tmp.write_text(str(count))
-            os.replace(tmp, record)
+            write_file(record, str(count))
 
         with out:
             decode_images(paths, size, crop, channels, f"decode {name}", out=out, done=done,

@@ -6,15 +6,14 @@ Written atomically, read with weights_only=True; an unreadable file is rebuilt, 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from gentrain.errors import storage_error
+from gentrain.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +32,12 @@ def cached(path: Path, what: str, build: Callable[[], dict], keys: tuple[str, ..
         except Exception as err:  # a damaged file fails in many ways (pickle, zip, key); compute it again
             log.warning("the cached %s %s is damaged (%s: %s); computing it again", what, path, type(err).__name__, err)
     state = build()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:  # Python's writes: a full disk is an OSError within torch's error
-            torch.save(state, f)
-        os.replace(tmp, path)
+    try:  # through a Python file: a full disk is an OSError within torch's error; no temporary is left
+        write_file(path, lambda f: torch.save(state, f))
         log.info("cached the %s in %s", what, path)
     except (OSError, RuntimeError) as err:
         if not isinstance(err, OSError) and storage_error(err) is None:
             raise  # torch's own failure, not the disk's
         log.warning("could not cache the %s in %s (%s); the next run computes it again", what,
                     path.parent, storage_error(err) or err)
-    finally:
-        with contextlib.suppress(OSError):  # after a full disk or Ctrl-C: no temporary left behind
-            tmp.unlink()
     return state
