@@ -85,24 +85,56 @@ def test_the_networks_follow_the_paper_and_take_every_image_side() -> None:
         tiny_cyclegan(info=UnpairedDataInfo(1, 30, 30, 256, None))
 
 
-def test_the_pool_returns_only_images_it_was_given_half_new_once_full() -> None:
+def test_the_pool_returns_only_images_it_was_given_and_resumes() -> None:
     torch.manual_seed(0)
     pool = ImagePool(4, (1, 1, 1))
     first = torch.arange(4.0).view(4, 1, 1, 1)
     assert torch.equal(pool.query(first), first)  # filling: stored and returned as they are
-    given, new_returned, total = set(range(4)), 0, 0
+    given, new_returned = set(range(4)), 0
     for step in range(500):
-        batch = torch.arange(4.0 + 3 * step, 7.0 + 3 * step).view(3, 1, 1, 1)
+        batch = torch.tensor([4.0 + step]).view(1, 1, 1, 1)
         out = pool.query(batch).flatten().tolist()
         given.update(batch.flatten().tolist())
         assert set(out) <= given  # never an image it was not given
-        new_returned += sum(value in batch.flatten().tolist() for value in out)
-        total += len(out)
-    assert 0.45 < new_returned / total < 0.55
+        new_returned += out == batch.flatten().tolist()
+    assert 0.45 < new_returned / 500 < 0.55  # one image at a time: returned as it is half of the time
     assert set(pool.images.flatten().tolist()) <= given and int(pool.count) == 4
     restored = ImagePool(4, (1, 1, 1))
     restored.load_state_dict(pool.state_dict())
     assert restored.filled == 4 and torch.equal(restored.images, pool.images)  # a resumed run keeps its pool
+
+
+def reference_pool_query(pool: list, size: int, batch: list, coins: list, slots: list) -> list:
+    """The reference ImagePool (Zhu et al.'s pytorch-CycleGAN-and-pix2pix), one image at a time, with given draws."""
+    returned = []
+    for image, coin, slot in zip(batch, coins, slots):
+        if len(pool) < size:
+            pool.append(image)
+            returned.append(image)
+        elif coin > 0.5:
+            returned.append(pool[slot])
+            pool[slot] = image
+        else:
+            returned.append(image)
+    return returned
+
+
+def test_the_pool_takes_a_batch_one_image_at_a_time_like_the_reference() -> None:
+    """Batches of 16 into a pool of 8: two images of one batch often pick the same slot (a batched swap returned
+    one stored image twice and lost the new one); every batch's output and the pool equal the reference's."""
+    pool, reference, size = ImagePool(8, (1, 1, 1)), [], 8
+    collisions = 0
+    for step in range(200):
+        batch = torch.arange(16.0 * step, 16.0 * step + 16).view(16, 1, 1, 1) + 1
+        state = torch.get_rng_state()
+        coins, slots = torch.rand(16).tolist(), torch.randint(size, (16,)).tolist()
+        torch.set_rng_state(state)
+        expected = reference_pool_query(reference, size, batch.flatten().tolist(), coins, slots)
+        assert pool.query(batch).flatten().tolist() == expected
+        assert pool.images.flatten().tolist() == reference
+        swapped = [s for c, s in zip(coins, slots) if c > 0.5]
+        collisions += len(swapped) - len(set(swapped))
+    assert collisions > 100  # the case that differed
 
 
 def test_linear_decay_over_the_second_half() -> None:
@@ -182,16 +214,29 @@ def test_models_and_data_must_agree_on_the_number_of_domains() -> None:
 
 
 # --- through the commands -----------------------------------------------------------------------------------
-def test_cyclegan_trains_then_translates_a_folder(tmp_path: Path, tiny_mnist: Path) -> None:
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def cyclegan_run(tmp_path_factory, tiny_mnist: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "cyclegan"
     result = run_cli(
         "model=cyclegan", "dataset=unpaired", *TINY_NETWORKS, "trainer=debug", "trainer.max_steps=4",
         "trainer.eval_every=2", "trainer.batch_size=4", "trainer.lr_schedule=linear_second_half",
         f"dataset.root={tiny_mnist}", "dataset.verify=false", "metrics.fid.num_samples=20",
         "metrics.fid.kid_subset_size=10", "metrics.fid.kid_subsets=2", "metrics.fid.classifier.steps=3",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path, env=ONE_THREAD_ENV,
+        f"hydra.run.dir={run_dir}", cwd=run_dir.parent, env=ONE_THREAD_ENV,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return run_dir
+
+
+def pictures(folder: Path, names: list[str]) -> Path:
+    for i, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (40, 36), color=30 * i).save(folder / name)
+    return folder
+
+
+def test_cyclegan_trains_then_translates_a_folder(tmp_path: Path, cyclegan_run: Path) -> None:
+    run_dir = cyclegan_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     val = metrics["val"]
     assert metrics["main_metric"] == "fid" and val["fid"] == pytest.approx((val["fid_a2b"] + val["fid_b2a"]) / 2)
@@ -199,10 +244,7 @@ def test_cyclegan_trains_then_translates_a_folder(tmp_path: Path, tiny_mnist: Pa
     assert {"precision_a2b", "recall_b2a", "fid_floor_a2b"} <= set(val)
     assert (run_dir / "samples" / "a_to_b_step_000004.png").exists() and (run_dir / "samples" / "b_to_a_step_000004.png").exists()
 
-    folder = tmp_path / "mine" / "nested"
-    folder.mkdir(parents=True)
-    for i in range(3):
-        Image.new("L", (40, 36), color=30 * i).save(folder / f"digit{i}.png")
+    pictures(tmp_path / "mine", [f"nested/digit{i}.png" for i in range(3)])
     out = tmp_path / "translated"
     sample = [sys.executable, "-m", "gentrain.cli_sample", f"run={run_dir}"]
     done = subprocess.run([*sample, "translate=b2a", f"input={tmp_path / 'mine'}", f"output={out}"],
@@ -213,3 +255,50 @@ def test_cyclegan_trains_then_translates_a_folder(tmp_path: Path, tiny_mnist: Pa
     assert Image.open(out / "nested" / "digit0.png").size == (28, 28)
     refused = subprocess.run([*sample, "n=4"], capture_output=True, text=True, cwd=tmp_path)
     assert refused.returncode == 2 and "translate=a2b input=<folder of images>" in refused.stderr
+
+
+def test_translation_never_overwrites_or_mixes_with_its_input(tmp_path: Path, cyclegan_run: Path,
+                                                              monkeypatch) -> None:
+    """Every way a translation could replace a user's image or lose one is refused before any work, with one line;
+    overwrite=true replaces earlier translations only; a full disk mid-image leaves no 0-byte PNG."""
+    import errno
+
+    import gentrain.logger as logger_module
+    from conftest import command_in_process
+    from test_run_directory import one_error_line, snapshot
+
+    from gentrain import cli_sample
+
+    source = pictures(tmp_path / "horses", ["a.png", "b.png", "sub/c.png"])
+    before = snapshot(tmp_path)
+
+    def translate(output: Path, *extra: str, folder: Path = source) -> tuple[int, str, str]:
+        return command_in_process(cli_sample.main, f"run={cyclegan_run}", "translate=a2b", f"input={folder}",
+                                  f"output={output}", *extra)
+
+    for output in (source, source / "sub", source / "translated", tmp_path):  # equal, inside, around
+        line = one_error_line(translate(output))
+        assert "overlap: the translations would replace or mix with the images they come from" in line
+        assert snapshot(tmp_path) == before
+
+    out = tmp_path / "zebras"
+    pictures(tmp_path / "clash", ["a.png", "a.jpg"])
+    line = one_error_line(translate(out, folder=tmp_path / "clash"))
+    assert f"a.jpg and a.png would both be written as {out / 'a.png'}" in line and not out.exists()
+
+    out.mkdir()
+    (out / "b.png").write_bytes(b"the user's own")
+    line = one_error_line(translate(out))
+    assert f"{out / 'b.png'} already exists" in line and "overwrite=true" in line
+    assert sorted(p.name for p in out.rglob("*")) == ["b.png"] and (out / "b.png").read_bytes() == b"the user's own"
+    assert translate(out, "overwrite=true")[0] == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "b.png", "sub/c.png"]
+
+    def full_disk(image, f, **kwargs) -> None:
+        f.write(b"\x89PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(logger_module, "save_image", full_disk)
+    line = one_error_line(translate(tmp_path / "full"))
+    assert "No space left on device" in line
+    assert [p for p in (tmp_path / "full").rglob("*") if p.is_file()] == []  # no 0-byte or partial PNG

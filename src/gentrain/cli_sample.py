@@ -120,10 +120,11 @@ def translate(options: SampleOptions, overrides: list[str]) -> tuple[int, Path]:
     source = Path(os.path.abspath(Path(options.input).expanduser()))
     direction = options.translate.value
     paths, _, _ = find_images(source)
-    out_dir = output_dir(options.output, run.run_dir / "samples" / f"translated_{direction}", "output",
-                         run_dir=run.run_dir)
-    targets = translation_targets(source, out_dir, paths)
+    default = run.run_dir / "samples" / f"translated_{direction}"
+    chosen = Path(os.path.abspath(Path(options.output).expanduser())) if options.output else default
+    targets = translation_targets(source, chosen, paths)  # refused before any folder is made
     refuse_existing(targets, options.overwrite)
+    out_dir = output_dir(options.output, default, "output", run_dir=run.run_dir)
     data = run.data
     evaluator = Evaluator(run.model, None, batch_size=1, precision=run.config.trainer.precision, device=device,
                           seed=options.seed, ema=run.ema)

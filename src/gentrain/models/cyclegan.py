@@ -89,8 +89,11 @@ class PatchCritic(nn.Module):
 
 
 class ImagePool(nn.Module):
-    """A history of generated images: until it is full each new image is stored and returned; then each new image
-    is returned as it is with probability 1/2, or else swapped for a random stored one, which it replaces."""
+    """A history of generated images, as the reference ImagePool (Zhu et al.) keeps it, one image of the batch after
+    the other: until it is full each new image is stored and returned; then each new image is returned as it is
+    with probability 1/2, or else swapped for a random stored one, which it replaces (so a later image of the same
+    batch that picks that slot gets the earlier one back). The coins and slots are drawn on the CPU's generator
+    (torch.rand(n), then torch.randint(size, (n,))), so a query never waits for the device."""
 
     def __init__(self, size: int, shape: tuple[int, ...]):
         super().__init__()
@@ -108,20 +111,32 @@ class ImagePool(nn.Module):
     def query(self, images: Tensor) -> Tensor:
         if self.size == 0:
             return images
-        images = images.detach().clone()
-        fill = min(self.size - self.filled, len(images))
-        if fill:
-            self.images[self.filled : self.filled + fill] = images[:fill]
-            self.filled += fill
-            self.count.fill_(self.filled)
-        rest = images[fill:]
-        if len(rest):
-            swap = torch.rand(len(rest), device=images.device) < 0.5
-            slots = torch.randint(self.size, (len(rest),), device=images.device)
-            stored = self.images[slots]
-            self.images[slots[swap]] = rest[swap]
-            rest[swap] = stored[swap]
-        return images
+        images = images.detach()
+        coins, slots = torch.rand(len(images)).tolist(), torch.randint(self.size, (len(images),)).tolist()
+        holder: dict[int, int] = {}  # slot -> the image of this batch stored there now
+        from_pool: list[tuple[int, int]] = []  # (image, slot): returned images that were stored before this batch
+        from_batch: list[tuple[int, int]] = []  # (image, earlier image of this batch it gets back)
+        for i, (coin, slot) in enumerate(zip(coins, slots)):
+            if self.filled < self.size:
+                holder[self.filled] = i
+                self.filled += 1
+            elif coin > 0.5:
+                if slot in holder:
+                    from_batch.append((i, holder[slot]))
+                else:
+                    from_pool.append((i, slot))
+                holder[slot] = i
+        out = images.clone()
+        if from_pool:  # read before the pool is written below
+            rows, stored = zip(*from_pool)
+            out[list(rows)] = self.images[list(stored)]
+        if from_batch:
+            rows, earlier = zip(*from_batch)
+            out[list(rows)] = images[list(earlier)]
+        if holder:
+            self.images[list(holder)] = images[list(holder.values())]
+        self.count.fill_(self.filled)
+        return out
 
 
 class CycleGAN(GenerativeModel, config=CycleGANConfig):
