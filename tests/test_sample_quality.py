@@ -130,6 +130,19 @@ def test_inception_score_of_known_class_probabilities() -> None:
     assert inception_score(skewed, splits=2)[0].item() == pytest.approx(expected)
 
 
+def test_inception_score_matches_the_reference_on_uneven_splits() -> None:
+    """N = 81 in 10 splits: 10 parts of 8 or 9 rows (torch.chunk made 9 parts of 9) and the std over splits with
+    ddof = 0, as torch-fidelity (and the original code) compute it."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    for n, splits in ((81, 10), (1000, 10), (7, 3), (50, 1)):
+        logits = torch.randn(n, 1008, generator=torch.Generator().manual_seed(n)) * 4
+        reference = isc_features_to_metric(logits, splits=splits, shuffle=False)
+        mean, std = inception_score(logits, splits)
+        assert mean.item() == pytest.approx(reference["inception_score_mean"], rel=1e-12)
+        assert std.item() == pytest.approx(reference["inception_score_std"], rel=1e-9, abs=1e-12)
+
+
 def test_reference_statistics_are_computed_once_and_cached(small_mnist, extractor, tmp_path: Path, monkeypatch) -> None:
     first = quality(small_mnist, extractor, tmp_path)
     assert len(list(tmp_path.glob("reference-mnist-*.pt"))) == 1

@@ -10,7 +10,7 @@ Protocol (also written into every run's notes):
 - precision and recall (Kynkaanniemi et al., 2019; precision_recall.py) against that same KID reference subset,
   with k = metrics.fid.precision_recall_k nearest-neighbour radii, on the same features;
 - with Inception features, the Inception Score (Salimans et al., 2016) of the samples: exp E_x KL(p(y|x) || p(y))
-  over the network's 1008 classes, mean and std over metrics.fid.inception_score_splits equal splits;
+  over the network's 1008 classes, mean and std over metrics.fid.inception_score_splits splits (as the reference code cuts them);
 - the floor: the same numbers for real held-out (validation) images, as many as samples when the split has
   them: what a perfect model would score at this sample count (FID is biased upwards for small counts).
 
@@ -51,14 +51,18 @@ SAMPLE_SEED_OFFSET = 3  # generated images use seed + 3 (the trainer uses + 1 an
 
 
 def inception_score(logits: Tensor, splits: int) -> tuple[Tensor, Tensor]:
-    """(mean, std) over `splits` equal parts of exp(mean_x KL(p(y|x) || p(y))), p(y) the part's mean of p(y|x)."""
+    """(mean, std) over `splits` parts of exp(mean_x KL(p(y|x) || p(y))), p(y) the part's mean of p(y|x), as the
+    reference implementations compute it (Salimans et al.'s code, torch-fidelity): part i holds rows
+    [i N // splits, (i + 1) N // splits), so every part is used whatever N is, and the std divides by `splits`."""
+    n = len(logits)
+    log_p = logits.double().log_softmax(dim=1)
     scores = []
-    for part in logits.double().chunk(splits):
-        log_p = part.log_softmax(dim=1)
-        log_marginal = log_p.exp().mean(0).log()
-        scores.append((log_p.exp() * (log_p - log_marginal)).sum(1).mean().exp())
+    for i in range(splits):
+        part = log_p[i * n // splits : (i + 1) * n // splits]
+        log_marginal = part.exp().mean(0).log()
+        scores.append((part.exp() * (part - log_marginal)).sum(1).mean().exp())
     scores = torch.stack(scores)
-    return scores.mean(), scores.std() if len(scores) > 1 else torch.zeros((), dtype=torch.double)
+    return scores.mean(), scores.std(correction=0)
 
 
 class PrecomputedFeatures(nn.Module):
@@ -209,7 +213,7 @@ class SampleQuality:
         )
         if getattr(self.extractor, "class_logits", False):
             prc += (f"; inception_score: exp E_x KL(p(y|x) || p(y)) over the Inception network's 1008 classes, mean "
-                    f"and std over {self.cfg.inception_score_splits} equal splits of the samples")
+                    f"and std (ddof 0) over {self.cfg.inception_score_splits} splits of the samples, as torch-fidelity")
         if not self.floor:
             floor = "no floor: the validation split has fewer than 2 images"
         else:
