@@ -52,3 +52,28 @@ def test_the_readme_notebook_example_runs(tmp_path: Path, shared_data: Path) -> 
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["images"].shape == (16, 1, 28, 28) and namespace["grid"].ndim == 3
+
+
+def test_train_behaves_as_the_command_does(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
+    """trainer.resume=<run> continues that run in place (the API trained into a new directory), and a bad value
+    stops before any directory is made (the API left an empty one)."""
+    import pytest
+
+    from gentrain.errors import ConfigError, DataError
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    with mock.patch.dict(os.environ, IN_PROCESS_ENV):
+        gentrain.train(QUICK, run_dir=run_dir)
+        with pytest.raises(ConfigError, match="trainer.batch_size must be between 1 and"):
+            gentrain.train([*QUICK, "trainer.batch_size=0"])
+        assert not (tmp_path / "outputs").exists()
+        (tmp_path / "no-data").mkdir()
+        with pytest.raises(DataError, match="MNIST files not found"):  # found only once the directory is locked
+            gentrain.train([*QUICK, f"dataset.root={tmp_path / 'no-data'}", "dataset.download=false"])
+        assert list((tmp_path / "outputs").glob("*/*")) == []  # no run directory, empty or not
+        metrics = gentrain.train([f"trainer.resume={run_dir}", "trainer.max_steps=6"])
+    assert metrics["step"] == 6 and list((tmp_path / "outputs").glob("*/*")) == []
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 6
+    assert (run_dir / "checkpoints" / "step_00000006.pt").exists()
+    assert "resumed from" in (run_dir / "train.log").read_text()

@@ -76,16 +76,21 @@ def build_model(model: str, *, dataset: str = "mnist", overrides: Sequence[str] 
 
 def train(overrides: Sequence[str] = (), *, run_dir: Optional[PathLike] = None) -> dict[str, Any]:
     """Train as `gentrain <overrides>` would, in this process, and return the final metrics (metrics.json's
-    content). The run goes to `run_dir`, else where the command would put it (outputs/<date>/<time>)."""
+    content): the same checks first (a bad value leaves no directory behind), `trainer.resume=<run>` continuing
+    that run in its own directory, the same run directory, lock, logs and files. The run goes to `run_dir`, else
+    where the command would put it (outputs/<date>/<time>)."""
     from omegaconf import open_dict, read_write
 
     from gentrain import run_names
+    from gentrain.cli import check_values_first, resume_arguments
     from gentrain.composition import compose
     from gentrain.run import run_in_directory
 
-    overrides = list(overrides) + ([f"hydra.run.dir={Path(run_dir).absolute()}"] if run_dir else [])
+    arguments = list(overrides) + ([f"hydra.run.dir={Path(run_dir).absolute()}"] if run_dir else [])
+    arguments = resume_arguments(arguments)
+    check_values_first(arguments)
     run_names.set_launch_time(datetime.datetime.now())
-    full = compose(overrides, with_hydra=True)
+    full = compose(arguments, with_hydra=True)
     directory = Path(full.hydra.run.dir).absolute()  # resolved while the config is whole (it names the run)
     hydra_cfg = full.hydra
     with read_write(full), open_dict(full):

@@ -83,17 +83,17 @@ def _unquoted(value: str) -> str:
     return value
 
 
-def _resume_arguments(argv: list[str]) -> list[str]:
+def resume_arguments(arguments: list[str], *, sweep: bool = False) -> list[str]:
     """`trainer.resume=<run dir or checkpoint>` continues that run in its own directory with its own config:
     the run's saved overrides come first (only gentrain's own settings: rundir.replayable_overrides), then those
-    given now (which win), then its directory."""
+    given now (which win), then its directory. The command and the Python API (api.train) both go through it."""
     from gentrain.rundir import replayable_overrides
 
-    given = [a for a in argv[1:] if a.startswith("trainer.resume=")]
+    given = [a for a in arguments if a.startswith("trainer.resume=")]
     source = _unquoted(given[-1].split("=", 1)[1]) if given else None
     if source in (None, "", "auto", "null"):
-        return argv
-    if "-m" in argv or "--multirun" in argv:
+        return arguments
+    if sweep:
         raise RunDirectoryError("a sweep cannot resume one run; use trainer.resume=auto with a fixed hydra.sweep.dir")
     path = Path(source).expanduser().absolute()
     run_dir = path if path.is_dir() else path.parent.parent
@@ -101,12 +101,13 @@ def _resume_arguments(argv: list[str]) -> list[str]:
         raise RunDirectoryError(f"trainer.resume={source} is not a gentrain run directory or one of its checkpoints "
                                 f"(no {run_dir / '.hydra' / 'overrides.yaml'})")
     saved = [o for o in replayable_overrides(run_dir) if not o.startswith("trainer.resume=")]
-    rest = [a for a in argv[1:] if not a.startswith("trainer.resume=")]
-    here = [] if any(a.startswith("hydra.run.dir=") for a in argv) else [f"hydra.run.dir={quote_override(str(run_dir))}"]
-    return [argv[0], *saved, *rest, f"trainer.resume={quote_override(str(path))}", *here]
+    rest = [a for a in arguments if not a.startswith("trainer.resume=")]
+    here = [] if any(a.startswith("hydra.run.dir=") for a in arguments) \
+        else [f"hydra.run.dir={quote_override(str(run_dir))}"]
+    return [*saved, *rest, f"trainer.resume={quote_override(str(path))}", *here]
 
 
-def _check_values_first(arguments: list[str]) -> None:
+def check_values_first(arguments: list[str]) -> None:
     """A single run's config is composed and checked once before Hydra starts the run: a bad value costs one
     composition (a fraction of a second) and leaves no run directory behind. Sweeps check each job."""
     if any(a.startswith("-") for a in arguments):  # -m, --cfg, --info, -sc ...: Hydra's own modes
@@ -184,8 +185,9 @@ def main() -> None:
         register()
         distributed.init_from_environment()
         try:
-            sys.argv = _rank_arguments(_resume_arguments(sys.argv))
-            _check_values_first(sys.argv[1:])
+            sweep = "-m" in sys.argv or "--multirun" in sys.argv
+            sys.argv = _rank_arguments([sys.argv[0], *resume_arguments(sys.argv[1:], sweep=sweep)])
+            check_values_first(sys.argv[1:])
             for _ in range(60):
                 try:
                     with _hydra_raises(), run_names.fixed_for_this_command(sys.argv[1:]):

@@ -95,7 +95,14 @@ def run_in_directory(cfg: Any, run_dir: Path, hydra_cfg: Any, *, job: Any = None
         if run is not None:
             run.record(outcome, **status, wall_seconds=round(time.monotonic() - started, 1), **extra)
 
+    def remove_if_refused() -> None:
+        """A run refused before it wrote anything leaves no empty directory of gentrain's naming behind."""
+        if run is not None and not run.committed and may_move:
+            with contextlib.suppress(OSError):
+                run.path.rmdir()  # only when empty
+
     with contextlib.ExitStack() as stack:
+        stack.callback(remove_if_refused)  # runs after the directory's lock is released
         try:
             run = enter_free_directory(stack, run_dir, may_move=may_move, writer=writer, log_format=log_format)
             if run.path != run_dir:  # .hydra/hydra.yaml says where the run is
