@@ -10,8 +10,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
-from conftest import run_cli
+from conftest import gentrain_in_process, run_cli
 from hydra import compose, initialize_config_module
+from test_run_directory import one_error_line
 
 QUICK = ("trainer=debug", "model.arch=mlp", "model.hidden=[32]", "model.iw_samples=2", "trainer.max_steps=4",
          "trainer.eval_limit=100")
@@ -58,22 +59,46 @@ def test_optuna_example_minimises_validation_bits_per_dim(tmp_path: Path, shared
 
 
 def test_an_interrupted_optuna_search_continues_where_it_stopped(tmp_path: Path, shared_data: Path) -> None:
-    """The study lives in a database: started again, the search keeps its finished trials and runs only the rest
-    of n_trials (a total), in a new sweep directory."""
+    """The study lives in a database: started again, the search keeps its finished trials and runs only the
+    rest of n_trials (the study's total, as the earlier ${optuna_trials_left:N} says), at new points (its
+    sampler does not draw the stored ones again), in a new sweep directory. Once the study holds n_trials, the
+    command runs nothing."""
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'db' / 'study.db'}"
-    trials_left = "'${optuna_trials_left:%d}'"
+    search = ("-m", "experiment=vae_optuna_search", *QUICK, f"hydra.sweeper.storage={storage}")
     for total, sweep in ((2, "first"), (3, "second")):
-        result = run_cli("-m", "experiment=vae_optuna_search", *QUICK, f"hydra.sweeper.storage={storage}",
-                         f"hydra.sweeper.n_trials={trials_left % total}", f"hydra.sweep.dir={tmp_path / sweep}",
-                         cwd=tmp_path)
+        result = run_cli(*search, f"hydra.sweeper.n_trials='${{optuna_trials_left:{total}}}'",
+                         f"hydra.sweep.dir={tmp_path / sweep}", cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
-    first = [t.params for t in optuna.load_study(study_name="vae_lr_latent", storage=storage).trials][:2]
     trials = optuna.load_study(study_name="vae_lr_latent", storage=storage).trials
-    assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
-    assert [t.params for t in trials[:2]] == first
-    assert len([p for p in (tmp_path / "second").iterdir() if p.is_dir() and p.name[0].isdigit()]) == 1  # one new job
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert trials[2].params["trainer.lr"] not in {t.params["trainer.lr"] for t in trials[:2]}
+    new_jobs = [p for p in (tmp_path / "second").iterdir() if p.is_dir() and p.name[0].isdigit()]
+    assert len(new_jobs) == 1
+    status, out, err = gentrain_in_process(*search, "hydra.sweeper.n_trials=3",
+                                           f"hydra.sweep.dir={tmp_path / 'full'}")
+    assert status == 0 and "already has its 3 trials" in out, out + err
+
+
+def test_an_optuna_study_that_does_not_fit_stops_the_search_in_one_line(tmp_path: Path) -> None:
+    """A file that is not a study's database, or a study of another search space: exit 2 with one line naming
+    it (optuna's own lines join the sweep's log on stdout), before any trial (none left running)."""
+    import optuna
+
+    notes, study_file = tmp_path / "notes.db", tmp_path / "study.db"
+    notes.write_text("not a database\n" * 100)
+    study = optuna.create_study(study_name="vae_lr_latent", storage=f"sqlite:///{study_file}")
+    study.optimize(lambda trial: trial.suggest_categorical("model.latent_dim", [8, 16]), n_trials=1)
+    not_a_study = f"{notes}: not a usable Optuna study database: file is not a database"
+    other_space = ("hydra.sweeper.params: model.latent_dim is CategoricalDistribution(choices=(8, 16, 32, "
+                   "64)) here but CategoricalDistribution(choices=(8, 16)) in the study vae_lr_latent in "
+                   f"{study_file}")
+    for file, message in ((notes, not_a_study), (study_file, other_space)):
+        line = one_error_line(run_cli("-m", "experiment=vae_optuna_search", *QUICK,
+                                      f"hydra.sweeper.storage=sqlite:///{file}", cwd=tmp_path))
+        assert line.startswith(f"gentrain: error: {message}"), line
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
 
 
 def test_slurm_launcher_preset_composes() -> None:
@@ -95,8 +120,6 @@ def test_a_requeued_job_keeps_its_row_and_adds_no_column() -> None:
 def test_sweeps_started_in_the_same_second_keep_their_own_directories(tmp_path: Path, monkeypatch) -> None:
     """Two `gentrain -m` commands started in the same second: the second finds the sweep directory that second
     names claimed and takes the next second's, so neither's jobs, multirun.yaml or summary mix with the other's."""
-    from conftest import gentrain_in_process
-
     from gentrain import cli
 
     second = datetime.datetime(2026, 1, 2, 3, 4, 5)

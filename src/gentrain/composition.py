@@ -43,19 +43,22 @@ def register() -> None:
                  "optuna_storage": optuna_storage, "optuna_trials_left": optuna_trials_left}
     for name, resolver in {**resolvers, **registry.RESOLVERS}.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
-    _register_launcher()
+    _register_plugins()
 
 
-def _register_launcher() -> None:
-    """hydra/launcher=slurm's class (gentrain/slurm.py), when the cluster extra is installed. Hydra's own scan of
-    the hydra_plugins package misses it in an editable install (setuptools' import hook lists no folders)."""
+def _register_plugins() -> None:
+    """hydra/launcher=slurm's and hydra/sweeper=optuna_study's classes (gentrain/slurm.py,
+    optuna_sweeper.py), those whose Hydra plugin is installed (the cluster extra). Hydra's own scan of the
+    hydra_plugins package misses them in an editable install (setuptools' import hook lists no folders)."""
     from hydra.core.plugins import Plugins
 
     try:
-        from hydra_plugins.gentrain_launcher import SlurmLauncher
-    except ImportError:
+        import hydra_plugins.gentrain_launcher as plugins
+    except ImportError:  # a broken cluster extra: Hydra says so when a config names a plugin
         return
-    Plugins.instance().register(SlurmLauncher)
+    for name in ("SlurmLauncher", "OptunaStudySweeper"):
+        if hasattr(plugins, name):
+            Plugins.instance().register(getattr(plugins, name))
 
 
 def compose(overrides: Sequence[str] = (), *, with_hydra: bool = False) -> DictConfig:
