@@ -81,3 +81,17 @@ def write_image_folder(folder: Path, classes: dict[str, int] | None = None, coun
             array = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(array).save(target / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
     return folder
+
+
+def write_binarized_mnist(folder: Path, rows: tuple[int, int, int] = (30, 10, 10), seed: int = 0) -> dict:
+    """binarized_mnist_{train,valid,test}.amat as Larochelle and Murray publish them: one image per line, 784
+    values 0 or 1 separated by spaces. -> split -> the (N, 784) values written."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, name, n in zip(("train", "val", "test"), ("train", "valid", "test"), rows):
+        values = (rng.random((n, 784)) < 0.2).astype(np.uint8)
+        lines = [" ".join(str(v) for v in row) for row in values]
+        (folder / f"binarized_mnist_{name}.amat").write_text("\n".join(lines) + "\n")
+        written[split] = values
+    return written

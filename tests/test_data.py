@@ -22,7 +22,7 @@ from gentrain.data.schemas import Binarize
 from gentrain.data.batches import TrainBatches, eval_batches
 from gentrain.data.celeba import CelebAConfig, CelebALabels
 from gentrain.data.cifar10 import CIFAR10Config
-from gentrain.data.download import download, extract_tar, md5sum
+from gentrain.data.download import download, extract_tar, file_digest
 from gentrain.data.folder import FolderConfig
 from gentrain.data.mnist import FILES as MNIST_FILES
 from gentrain.data.mnist import MNISTConfig
@@ -112,7 +112,7 @@ def test_mnist_downloads_and_verifies(tmp_path: Path, shared_data: Path) -> None
     dataset = load_dataset(MNISTConfig(root=str(root), mirrors=[f"file://{mirror}/"]))
     assert len(dataset.test) == 10_000
     for name, md5 in MNIST_FILES.items():
-        assert md5sum(root / "MNIST" / "raw" / f"{name}.gz") == md5
+        assert file_digest(root / "MNIST" / "raw" / f"{name}.gz") == md5
 
 
 def test_download_rejects_a_corrupted_file_and_leaves_nothing(tmp_path: Path, shared_data: Path) -> None:

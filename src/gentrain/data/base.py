@@ -104,7 +104,7 @@ def place(dataset: ImageDataset, in_memory: str, spill_dir: Path) -> ImageDatase
 
 
 def apply_binarization(dataset: ImageDataset, mode: Binarize, seed: int) -> ImageDataset:
-    if mode is Binarize.none:
+    if mode is Binarize.none or mode is Binarize.fixed:  # fixed: the loader read published binary images
         return dataset
     if dataset.levels != 256:
         raise ConfigError(f"dataset.binarize={mode.value} needs 8-bit images")

@@ -19,7 +19,7 @@ import torch
 
 from gentrain.data.base import ImageDataset, ImageSplit
 from gentrain.data.schemas import CelebAConfig, CelebALabels
-from gentrain.data.download import md5sum, missing_files_error
+from gentrain.data.download import file_digest, missing_files_error
 from gentrain.data.images import decoded_cached, file_fingerprint
 from gentrain.data.stored import take
 from gentrain.registry import loads
@@ -45,7 +45,7 @@ def _download(folder: Path, name: str) -> None:
         download_file_from_google_drive(file_id, str(folder), name, md5)
     except Exception as err:  # torchvision raises several types for network, quota and checksum failures
         raise DataError(f"could not download {name} from Google Drive ({err})") from err
-    if md5sum(folder / name) != md5:
+    if file_digest(folder / name) != md5:
         (folder / name).unlink()
         raise DataError(f"the downloaded {name} does not match the published md5 {md5}")
 
@@ -114,7 +114,7 @@ def load_celeba(cfg: CelebAConfig, root: Path) -> ImageDataset:
         )
     elif cfg.verify:
         for name in ["list_eval_partition.txt"] + ([labels_file] if labels_file else []):
-            if md5sum(folder / name) != GDRIVE_FILES[name][1]:
+            if file_digest(folder / name) != GDRIVE_FILES[name][1]:
                 raise DataError(
                     f"{folder / name} does not match the published md5: corrupt or not the official file "
                     f"(set dataset.verify=false to load it anyway)"

@@ -20,7 +20,7 @@ import torch
 
 from gentrain.data.base import ImageDataset, ImageSplit, hold_out
 from gentrain.data.schemas import CIFAR10Config
-from gentrain.data.download import download, extract_tar, md5sum, missing_files_error
+from gentrain.data.download import download, extract_tar, file_digest, missing_files_error
 from gentrain.data.images import resized_cached
 from gentrain.registry import loads
 from gentrain.errors import DataError
@@ -109,7 +109,7 @@ def load_cifar10(cfg: CIFAR10Config, root: Path) -> ImageDataset:
         )
     elif cfg.verify:
         for name, md5 in {**TRAIN_BATCHES, **TEST_BATCH}.items():
-            if md5sum(folder / name) != md5:
+            if file_digest(folder / name) != md5:
                 raise DataError(
                     f"{folder / name} does not match the published md5 {md5}: the file is corrupt or not the "
                     f"official one; delete the folder to re-download, or set dataset.verify=false to load it anyway"

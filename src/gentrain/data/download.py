@@ -1,4 +1,4 @@
-"""Downloads with a progress bar and md5 verification; nothing half-written is ever left in place."""
+"""Downloads with a progress bar and checksum verification; nothing half-written is ever left in place."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # errors of a full disk: never the network's
 
 
-def md5sum(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "md5", chunk_size: int = 1 << 20) -> str:
+    """The hex digest of a file (md5, or another of hashlib's algorithms: sha256)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
@@ -33,24 +34,25 @@ def md5sum(path: Path, chunk_size: int = 1 << 20) -> str:
 
 
 class Mismatch(Exception):
-    """A download whose md5 is not the published one."""
+    """A download whose checksum is not the published one."""
 
 
-def _fetch(response, out, name: str, md5: str | None) -> None:
-    """Copy a response into `out`, checking its md5 on the way: a mismatch raises before the file is renamed."""
-    digest = hashlib.md5()
+def _fetch(response, out, name: str, expected: str | None, algorithm: str) -> None:
+    """Copy a response into `out`, checking its digest on the way: a mismatch raises before the file is renamed."""
+    digest = hashlib.new(algorithm)
     total = int(response.headers.get("Content-Length") or 0) or None
     with Progress(total, f"download {name}", "B") as progress:
         for chunk in iter(lambda: response.read(1 << 20), b""):
             out.write(chunk)
             digest.update(chunk)
             progress.update(len(chunk))
-    if md5 is not None and digest.hexdigest() != md5:
-        raise Mismatch(f"md5 {digest.hexdigest()} does not match the published {md5} (corrupted download)")
+    if expected is not None and digest.hexdigest() != expected:
+        raise Mismatch(f"{algorithm} {digest.hexdigest()} does not match the published {expected} "
+                       f"(corrupted download)")
 
 
-def download(urls: Sequence[str], destination: Path, md5: str | None) -> Path:
-    """Fetch the first of `urls` that works into `destination`, verifying `md5`.
+def download(urls: Sequence[str], destination: Path, expected: str | None, algorithm: str = "md5") -> Path:
+    """Fetch the first of `urls` that works into `destination`, verifying its digest (`algorithm`: md5, sha256).
 
     The file is written to a temporary name in the same folder and renamed only once complete and
     verified, so an interrupted or corrupted download never looks like a good file.
@@ -68,7 +70,7 @@ def download(urls: Sequence[str], destination: Path, md5: str | None) -> Path:
     for url in urls:
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
-                write_file(destination, lambda out: _fetch(response, out, destination.name, md5))
+                write_file(destination, lambda out: _fetch(response, out, destination.name, expected, algorithm))
             log.info("downloaded %s from %s", destination, url)
             return destination
         except Mismatch as err:

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from gentrain.data.base import ImageDataset, ImageSplit, hold_out
-from gentrain.data.schemas import MNISTConfig
-from gentrain.data.download import download, md5sum, missing_files_error
+from gentrain.data.binarized_mnist import load_fixed_binarization
+from gentrain.data.schemas import Binarize, MNISTConfig
+from gentrain.data.download import download, file_digest, missing_files_error
 from gentrain.data.images import resized_cached
 from gentrain.registry import loads
 from gentrain.errors import DataError
@@ -64,7 +65,7 @@ def _locate(raw_dir: Path, name: str, cfg: MNISTConfig) -> Path:
         except DataError as err:
             raise DataError(f"{err}. {missing_files_error('MNIST', raw_dir, [f'{n}.gz' for n in FILES])}") from err
     if gz.exists():
-        if cfg.verify and md5sum(gz) != FILES[name]:
+        if cfg.verify and file_digest(gz) != FILES[name]:
             raise DataError(
                 f"{gz} does not match the published md5 {FILES[name]} (corrupt or a different file): delete it "
                 f"to re-download, or set dataset.verify=false to load it anyway"
@@ -75,6 +76,9 @@ def _locate(raw_dir: Path, name: str, cfg: MNISTConfig) -> Path:
 
 @loads(MNISTConfig)
 def load_mnist(cfg: MNISTConfig, root: Path) -> ImageDataset:
+    if cfg.binarize is Binarize.fixed:
+        return load_fixed_binarization(root, download_missing=cfg.download, verify=cfg.verify,
+                                       base_url=cfg.binarized_url)
     raw_dir = root / "MNIST" / "raw"
     files = {name: _locate(raw_dir, name, cfg) for name in FILES}
     arrays = {name: read_idx(path) for name, path in files.items()}

@@ -21,6 +21,7 @@ IMAGE_SIZE = {"min": 8, "max": 1024}  # the rule of every dataset.image_size: a 
 URL_PATTERN = r"(https?|ftp|file)://\S+"
 MNIST_MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
 
 
 def resolve_root(root: Optional[str]) -> Path:
@@ -33,6 +34,8 @@ class Binarize(Enum):
     none = "none"  # keep the 8-bit values
     static = "static"  # one seeded Bernoulli draw per image, fixed for the whole run
     dynamic = "dynamic"  # a fresh draw for every training batch; validation and test use the static draw
+    # MNIST only: the standard binarized MNIST of Larochelle and Murray (2011), its own 50k / 10k / 10k splits
+    fixed = "fixed"
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,16 @@ class DatasetConfig:
     # true: every split in memory (on the GPU when training there); false: read from disk a batch at a time
     # (data/stored.py); auto: in memory when the images take at most half of the free host (and GPU) memory
     in_memory: str = setting("auto", pattern=r"(?i)auto|true|false", meaning="auto, true or false")
+    has_fixed_binarization: ClassVar[bool] = False  # binarize=fixed: published binarized files (MNIST's)
 
     def data_info(self) -> DataInfo:
         """The shape, levels and classes of what this config loads (models are built and checked first)."""
         raise NotImplementedError
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        if self.binarize is Binarize.fixed and not self.has_fixed_binarization:
+            yield (f"{prefix}binarize=fixed is the standard binarized MNIST (Larochelle and Murray): use it with "
+                   f"dataset=mnist; static or dynamic binarize any 8-bit images")
 
     def _square(self, channels: int, side: int, num_classes: Optional[int]) -> DataInfo:
         return DataInfo(channels, side, side, 256 if self.binarize is Binarize.none else 2, num_classes)
@@ -85,6 +94,7 @@ class OfficialDatasetConfig(DatasetConfig):
     verify: bool = True  # check md5s of a full official set; false loads files that do not match
 
     def problems(self, prefix: str) -> Iterator[str]:
+        yield from super().problems(prefix)
         root = resolve_root(self.root)
         named = f"{prefix}root={self.root}" if self.root else f"the data folder {root} ($GENTRAIN_DATA or ./data)"
         if root.exists() and not root.is_dir():
@@ -96,13 +106,24 @@ class OfficialDatasetConfig(DatasetConfig):
 @dataset_config("mnist")
 @dataclass
 class MNISTConfig(OfficialDatasetConfig):
-    """MNIST, 28x28 grey, 60k train (10% held out for validation) + 10k test (mnist.py)."""
+    """MNIST, 28x28 grey, 60k train (10% held out for validation) + 10k test (mnist.py); binarize=fixed: the
+    published binarized MNIST, 50k / 10k / 10k (binarized_mnist.py)."""
+
+    has_fixed_binarization: ClassVar[bool] = True
 
     val_fraction: float = setting(0.1, above=0, below=1)  # share of the training split held out for validation
     image_size: Optional[int] = setting(None, **IMAGE_SIZE)  # null keeps 28x28; 32 or 64 resizes (antialiased)
     mirrors: list[str] = setting(factory=lambda: list(MNIST_MIRRORS), min_items=1, pattern=URL_PATTERN)
+    binarized_url: str = setting(BINARIZED_MNIST_URL, pattern=URL_PATTERN)  # binarize=fixed: the .amat files
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        yield from super().problems(prefix)
+        if self.binarize is Binarize.fixed and self.image_size is not None:
+            yield f"{prefix}binarize=fixed keeps the published 28x28 binary images: leave {prefix}image_size null"
 
     def data_info(self) -> DataInfo:
+        if self.binarize is Binarize.fixed:
+            return DataInfo(1, 28, 28, 2, None)  # the published files carry no labels
         return self._square(1, self.image_size or 28, 10)
 
 
@@ -151,6 +172,7 @@ class FolderConfig(DatasetConfig):
     test_fraction: float = setting(0.05, above=0, below=1)
 
     def problems(self, prefix: str) -> Iterator[str]:
+        yield from super().problems(prefix)
         if self.val_fraction + self.test_fraction >= 1.0:
             yield f"{prefix}val_fraction + {prefix}test_fraction must be below 1 (nothing would be left to train on)"
 
