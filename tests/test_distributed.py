@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from conftest import SHARED_DATA, run_cli
 from synthetic import write_mnist
 
-from gentrain.checkpoint import load_checkpoint
+from gentrain.checkpoint import load_checkpoint, restore_rank_rng, restore_rng, rng_state
+from gentrain.runtime import seed_generators
 
 # PixelCNN's loss has no sampling noise, so one process on a global batch of 16 and two processes on 8 each
 # must follow the same trajectory up to floating-point summation order.
@@ -24,20 +28,37 @@ PIXELCNN = ("model=pixelcnn", "model.hidden_channels=8", "model.num_layers=2", "
 TOLERANCE = 1e-5  # max |difference| of any parameter after 5 Adam steps (measured: about 6e-8)
 
 
-# Runs gentrain, except that on the first attempt rank 1 dies without a word at step 6 (after the checkpoint of
-# step 4), as a lost node or an out-of-memory kill would.
-KILL_RANK_1_ONCE = """
-import os, runpy, sys
-from gentrain import update
-if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
-    step = update.Updater.step
+# Runs gentrain, except that on the first attempt rank {rank} dies without a word, as a lost node or
+# an out-of-memory kill would: at training step {step}, or as the final {split} pass starts.
+KILL_ONCE = """
+import os, runpy
+from gentrain import evaluation, update
+if os.environ["RANK"] == "{rank}" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+    step, split = update.Updater.step, evaluation.Evaluator.split
     def dying_step(self, batch, number):
-        if number == 6:
+        if number == {step}:
             os._exit(9)
         return step(self, batch, number)
-    update.Updater.step = dying_step
+    def dying_split(self, name, **options):
+        if name == "{split}":
+            os._exit(9)
+        return split(self, name, **options)
+    update.Updater.step, evaluation.Evaluator.split = dying_step, dying_split
 runpy.run_module("gentrain", run_name="__main__")
 """
+# What the restart tests share: a restarted worker continues from the run's latest checkpoint.
+RESTARTABLE = ("trainer=debug", "trainer.batch_size=16", "trainer.eval_limit=64",
+               "trainer.num_samples=4", "trainer.deterministic=true", "trainer.progress_bar=false",
+               "trainer.resume=auto")
+# A tiny MLP VAE on dynamically binarized MNIST: every process draws its own binarization and
+# reparameterisation noise at every step, so a restarted process must continue its own generators.
+NOISY = ("model=vae", "model.arch=mlp", "model.hidden=[16]", "model.latent_dim=4",
+         "dataset.binarize=dynamic", "trainer.max_steps=10", "trainer.eval_every=4",
+         "trainer.log_every=1", *RESTARTABLE)
+# RealNVP's coupling networks use batch norm: each process's training forward leaves the statistics
+# of its own shard behind, while checkpoints hold rank 0's.
+BATCH_NORM = ("model=realnvp", "model.hidden_channels=4", "model.residual_blocks=1",
+              "model.num_scales=1", "trainer.max_steps=2", *RESTARTABLE)
 
 
 def torchrun(*args: str, cwd: Path, processes: int = 2, launcher: tuple[str, ...] = ("-m", "gentrain")
@@ -96,31 +117,100 @@ def test_a_global_batch_must_split_evenly(tmp_path: Path, shared_data: Path) -> 
     assert "must divide evenly among 2 processes" in result.stdout + result.stderr
 
 
-def test_a_lost_worker_is_restarted_and_the_run_continues_from_its_checkpoint(tmp_path: Path, shared_data: Path
-                                                                               ) -> None:
-    settings = [a for a in PIXELCNN if not a.startswith(("trainer.max_steps=", "trainer.eval_every="))]
-    settings += ["trainer.max_steps=10", "trainer.eval_every=4", "trainer.log_every=1", "trainer.resume=auto"]
-    straight = torchrun(*settings, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stdout + straight.stderr
-
-    killer = tmp_path / "kill_rank_1_once.py"
-    killer.write_text(KILL_RANK_1_ONCE)
+def restarted_run(settings: tuple[str, ...], tmp_path: Path, *, rank: int, step: int = -1,
+                  split: str = "") -> Path:
+    """<tmp_path>/restarted: the run under torchrun --max-restarts=1, rank `rank` killed once."""
+    killer = tmp_path / f"kill_rank_{rank}_once.py"
+    killer.write_text(KILL_ONCE.format(rank=rank, step=step, split=split))
     run = tmp_path / "restarted"
-    restarted = torchrun(*settings, f"hydra.run.dir={run}", cwd=tmp_path, launcher=("--max-restarts=1", str(killer)))
-    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-    log = (run / "train.log").read_text()
-    assert "restart 1 of the workers" in log and "resumed from" in log and "step_00000004.pt at step 4" in log
+    result = torchrun(*settings, f"hydra.run.dir={run}", cwd=tmp_path,
+                      launcher=("--max-restarts=1", str(killer)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "restart 1 of the workers" in (run / "train.log").read_text()
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    return run
 
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_00000010.pt")
+
+def assert_same_final_metrics(a: Path, b: Path) -> None:
+    finals = [json.loads((run / "metrics.json").read_text()) for run in (a, b)]
+    assert finals[0]["val"] == finals[1]["val"]
+    assert finals[0]["test"] == finals[1]["test"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """The two-process NOISY run that the restarted ones must reproduce exactly."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    straight = torchrun(*NOISY, f"hydra.run.dir={run}", cwd=run.parent)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    return run
+
+
+@pytest.mark.parametrize("killed_rank", [0, 1])
+def test_a_lost_worker_is_restarted_and_the_run_continues_from_its_checkpoint(
+        killed_rank: int, uninterrupted: Path, tmp_path: Path) -> None:
+    run = restarted_run(NOISY, tmp_path, rank=killed_rank, step=6)  # after the checkpoint of step 4
+    assert "step_00000004.pt at step 4" in (run / "train.log").read_text()
+
+    # Every rank continued its own generators: the weights and the optimizer's moments are those of
+    # the uninterrupted run, bit for bit.
+    a = load_checkpoint(uninterrupted / "checkpoints" / "step_00000010.pt")
     b = load_checkpoint(run / "checkpoints" / "step_00000010.pt")
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
-    finals = [json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "straight", run)]
-    assert finals[0]["test"] == finals[1]["test"] and finals[0]["val"] == finals[1]["val"]
-    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    for name, optimizer in a["optimizers"].items():
+        theirs = b["optimizers"][name]["state"]
+        assert optimizer["state"] and optimizer["state"].keys() == theirs.keys(), name
+        for i, moments in optimizer["state"].items():
+            for key, value in moments.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(theirs[i][key])), (i, key)
+    assert_same_final_metrics(uninterrupted, run)
 
     # One run directory, and every step once in TensorBoard: what the dead attempt logged after step 4 is hidden.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kill_rank_1_once.py", "restarted", "straight"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"kill_rank_{killed_rank}_once.py",
+                                                          "restarted"]
     events = EventAccumulator(str(run))
     events.Reload()
     assert [e.step for e in events.Scalars("train/bits_per_dim")] == list(range(1, 11))
+
+
+def test_a_worker_lost_in_the_final_test_pass_restarts_to_the_same_metrics(
+        tmp_path: Path, shared_data: Path) -> None:
+    """The restarted run evaluates the final checkpoint again, with rank 0's batch-norm statistics
+    on every process, as the uninterrupted run did."""
+    straight = torchrun(*BATCH_NORM, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    run = restarted_run(BATCH_NORM, tmp_path, rank=1, split="test")
+    assert "step_00000002.pt at step 2" in (run / "train.log").read_text()
+    assert_same_final_metrics(tmp_path / "straight", run)
+
+
+def test_each_rank_continues_its_own_generators_and_a_rank_the_checkpoint_lacks_is_seeded() -> None:
+    def draws() -> tuple[float, ...]:  # one number from each generator a run draws from
+        return random.random(), float(np.random.rand()), torch.rand(()).item()
+
+    before = rng_state()
+    try:
+        states = []
+        for seed in (1, 2):
+            seed_generators(seed)
+            states.append(rng_state())
+        expected = []
+        for state in states:
+            restore_rng(state)
+            expected.append(draws())
+        two_ranks = {"rng": states[0], "rng_by_rank": states, "step": 4}
+        for rank in (0, 1):
+            restore_rank_rng(two_ranks, rank, seed=0)
+            assert draws() == expected[rank]
+        # From before gentrain kept every rank's (or resumed with more processes): rank 0's alone.
+        rank_0_only = {"rng": states[0], "step": 4}
+        restore_rank_rng(rank_0_only, 0, seed=0)
+        assert draws() == expected[0]
+        fallbacks = []
+        for _ in range(2):
+            restore_rank_rng(rank_0_only, 1, seed=0)
+            fallbacks.append(draws())
+        assert fallbacks[0] == fallbacks[1] and fallbacks[0] not in expected  # reproducible
+    finally:
+        restore_rng(before)

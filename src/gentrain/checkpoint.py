@@ -9,6 +9,7 @@ away, so a run that goes bad keeps something to return to.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -20,7 +21,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from gentrain import distributed
 from gentrain.errors import CheckpointError, storage_error
+from gentrain.runtime import seed_generators
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +141,45 @@ def rng_state() -> dict[str, Any]:
     }
 
 
+def gather_rng_states() -> dict[str, Any]:
+    """A checkpoint's generator states: "rng", this process's (all a single process needs), and
+    "rng_by_rank", every process's in rank order, gathered to rank 0 (None on the others). Every
+    process calls it (a collective under torchrun), so that on resume each rank continues its own."""
+    own = rng_state()
+    # Sent as torch.save bytes and read like a checkpoint: tensors inside gather_object's plain pickle fail
+    # to load in some torch versions (2.14: "UntypedStorage has no attribute 'dtype'").
+    sent = io.BytesIO()
+    torch.save(own, sent)
+    gathered = distributed.gather_to_main(sent.getvalue())
+    if gathered is None:
+        return {"rng": own, "rng_by_rank": None}
+    others = [torch.load(io.BytesIO(data), weights_only=True) for data in gathered[1:]]
+    return {"rng": own, "rng_by_rank": [own, *others]}
+
+
 def restore_rng(rng: dict[str, Any]) -> None:
+    """Set the generators from rng_state()'s values. Generator states live on the CPU, whatever
+    map_location loaded them to; only as many CUDA devices as this process sees are set."""
     random.setstate(rng["python"])
-    np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy(), *rng["numpy"][2:]))
-    torch.set_rng_state(rng["torch"])
+    np.random.set_state((rng["numpy"][0], rng["numpy"][1].cpu().numpy(), *rng["numpy"][2:]))
+    torch.set_rng_state(rng["torch"].cpu())
     if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        cuda_states = rng["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([device_state.cpu() for device_state in cuda_states])
+
+
+def restore_rank_rng(state: dict[str, Any], rank: int, seed: int) -> None:
+    """Continue this process's generators from a checkpoint: the states its rank saved. A rank the
+    checkpoint lacks (a resume with more processes than saved it, or a checkpoint from before
+    gentrain kept every rank's: rank 0's alone) is seeded from (seed, rank, step): deterministic,
+    but new streams."""
+    by_rank = state.get("rng_by_rank") or [state["rng"]]
+    if rank < len(by_rank):
+        restore_rng(by_rank[rank])
+        return
+    log.info("the checkpoint has no generator states of rank %d (%d saved): seeded from the seed, "
+             "rank and step", rank, len(by_rank))
+    seed_generators(seed + 1_000_003 * rank + int(state["step"]))
 
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:

@@ -115,6 +115,28 @@ def any_process(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in values.tolist()]
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch-norm statistics, ...) on every process, in place. DDP sends them before each
+    training forward, but that forward leaves each process's own update behind."""
+    if _context.enabled:
+        import torch.distributed as dist
+
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def gather_to_main(value: object) -> Optional[list]:
+    """Every process's `value` (picklable) in rank order on rank 0, None on the others; [value]
+    for a single process. A collective: every process must call it."""
+    if not _context.enabled:
+        return [value]
+    import torch.distributed as dist
+
+    gathered = [None] * _context.world_size if _context.is_main else None
+    dist.gather_object(value, gathered, dst=0)  # NCCL: via the device set in init_from_environment
+    return gathered
+
+
 def barrier() -> None:
     if _context.enabled:
         import torch.distributed as dist

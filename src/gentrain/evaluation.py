@@ -101,6 +101,9 @@ class Evaluator:
         sums: dict[str, Tensor] = {}
         counts: dict[str, Tensor] = {}
         final_batches: Optional[int] = None  # None: every batch gets the end-of-run bounds
+        # Every shard is evaluated with the buffers the checkpoints hold, rank 0's, so that a restarted run (and
+        # gentrain-eval) gets the same numbers.
+        distributed.broadcast_buffers(self.model)
         with self.eval_mode():
             batch_count = math.ceil((n // parallel.world_size + 1) / self.batch_size)
             desc = f"{split_name}: {self.model.evaluation_text(final)}"

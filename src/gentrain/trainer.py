@@ -20,7 +20,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gentrain import distributed
-from gentrain.checkpoint import CheckpointManager, all_finite, restore_rng, rng_state
+from gentrain.checkpoint import CheckpointManager, all_finite, gather_rng_states, restore_rank_rng
 from gentrain.config import LRSchedule, TrainerConfig
 from gentrain.data.base import ImageDataset
 from gentrain.data.batches import TrainBatches, eval_batches
@@ -203,8 +203,9 @@ class Trainer:
             self.best_metric = metrics[self.model.main_metric]
         if good:
             self.last_good = f"step_{self.step:08d}.pt"
+        state = self.state_dict()  # on every process: it gathers their generators
         if self.parallel.is_main:
-            self.checkpoints.save(self.state_dict(), self.step, best=is_best, keep_also=self.last_good)
+            self.checkpoints.save(state, self.step, best=is_best, keep_also=self.last_good)
         self._last_validation = (self.step, metrics)
         verdict = " (best so far)" if is_best else "" if good else f" (not finite: {self._last_good_text()})"
         log.info("step %d: val %s%s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), verdict)
@@ -249,7 +250,7 @@ class Trainer:
 
     # --- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the run exactly (see checkpoint.py for how it is written)."""
+        """Everything needed to continue the run exactly (checkpoint.py); every process calls it."""
         return {
             "identity": self.identity,
             "model": self.model.state_dict(),
@@ -260,7 +261,7 @@ class Trainer:
             "step": self.step, "batches": self.batches.state_dict(),
             "best_metric": self.best_metric, "last_good": self.last_good,
             "nonfinite_skipped": self.updater.skipped, "train_seconds": self.train_seconds,
-            "wall_minutes": self._wall_minutes(), "rng": rng_state(),
+            "wall_minutes": self._wall_minutes(), **gather_rng_states(),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
@@ -277,7 +278,7 @@ class Trainer:
                 log.warning("the checkpoint has no EMA weights; the average starts from the current weights")
             self.updater.scaler.load_state_dict(state["scaler"])
             self.batches.load_state_dict(state["batches"])
-            restore_rng(state["rng"])
+            restore_rank_rng(state, self.parallel.rank, self.seed)
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
             first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CheckpointError(f"{source} does not fit this run: {first_line}") from None
@@ -285,13 +286,12 @@ class Trainer:
         self.last_good = state.get("last_good")  # checkpoints from before gentrain tracked it: unknown
         self.updater.skipped = int(state["nonfinite_skipped"])
         self.train_seconds, self.minutes_before_resume = float(state["train_seconds"]), float(state["wall_minutes"])
-        if self.parallel.rank > 0:  # the checkpoint holds rank 0's generators; the others continue independently
-            torch.manual_seed(self.seed + 1_000_003 * self.parallel.rank + self.step)
         log.info("resumed from %s at step %d (epoch %d)", source, self.step, self.batches.epoch)
 
     def _save_and_exit(self, signum: int) -> None:
         """A stop signal: checkpoint the step reached and exit with 128 + the signal (errors.deferred_stop)."""
-        path = self.checkpoints.save(self.state_dict(), self.step, best=False, keep_also=self.last_good) \
+        state = self.state_dict()  # on every process (a collective), before the barrier
+        path = self.checkpoints.save(state, self.step, best=False, keep_also=self.last_good) \
             if self.parallel.is_main else None
         distributed.barrier()  # no process exits (and gets its siblings killed) before the checkpoint is written
         self.logger.close()
