@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -290,6 +291,8 @@ def test_a_full_disk_ends_in_one_line_and_keeps_earlier_checkpoints(tmp_path: Pa
     real_save, saves = torch.save, []
 
     def fills_the_disk(obj, f, *args, **kwargs):
+        if isinstance(f, io.BytesIO):  # generator states gathered in memory, not a file
+            return real_save(obj, f, *args, **kwargs)
         saves.append(1)
         if len(saves) == 1:
             return real_save(obj, f, *args, **kwargs)

@@ -132,6 +132,25 @@ def test_a_time_limit_right_after_an_evaluation_does_not_evaluate_twice(
     assert result["step"] == 1 and calls == ["val", "test"]
 
 
+def test_slow_work_shows_seconds_per_unit_and_a_right_eta(monkeypatch) -> None:
+    """A test pass of 2 expensive batches then 20 cheap ones: each part has its own line and ETA (one rate over
+    both said 'ETA 16m' for a pass that took a minute), and under one unit per second the line says s/batch."""
+    import gentrain.progress as progress_module
+    from gentrain.progress import Progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    slow = Progress(2, "test: negative ELBO and IW bound k=100", "batch", bar=False)
+    now[0] += 25.0
+    slow.update()
+    assert slow.line().endswith("1/2 batch (50%), 25.0 s/batch, ETA 25s")
+    cheap = Progress(20, "test: negative ELBO", "batch", bar=False)
+    now[0] += 0.5
+    cheap.update(5)
+    assert cheap.line().endswith("5/20 batch (25%), 10.0 batch/s, ETA 1.5s")
+    assert Progress(3, "x", "batch", bar=False).line() == "x: 0/3 batch (0%)"  # nothing measured yet
+
+
 def test_progress_lines_when_output_is_piped(tmp_path: Path, shared_data: Path) -> None:
     """No terminal (a pipe, nohup, SLURM): progress lines on the console and in train.log, never \\r frames."""
     run_dir = tmp_path / "run"

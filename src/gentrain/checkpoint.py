@@ -23,6 +23,7 @@ import torch
 
 from gentrain import distributed
 from gentrain.errors import CheckpointError, storage_error
+from gentrain.files import real_folder, write_file
 from gentrain.runtime import seed_generators
 
 log = logging.getLogger(__name__)
@@ -32,33 +33,16 @@ STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
 def atomic_save(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """torch.save through files.write_file: synced, renamed into place, never through a link."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_file(path, lambda f: torch.save(state, f), root=path.parent.parent, sync=True)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
         cause = err if isinstance(err, OSError) else storage_error(err)  # torch wraps it in a RuntimeError
         if cause is not None:
             raise CheckpointError(
                 f"could not write checkpoint {path} ({cause.strerror or cause}); earlier checkpoints are intact"
             ) from None
         raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # What every checkpoint holds, and what continuing its training needs besides (name -> type).
@@ -206,7 +190,7 @@ class CheckpointManager:
     def save(self, state: dict[str, Any], step: int, *, best: bool, keep_also: Optional[str] = None) -> Path:
         """Write step_<step>.pt (and best.pt when `best`), then delete step files beyond the newest `keep`,
         except `keep_also` (the newest good checkpoint's name)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        real_folder(self.directory, self.directory.parent)
         path = self.directory / f"step_{step:08d}.pt"
         atomic_save({"format": FORMAT, **state}, path)
         if best:

@@ -200,6 +200,9 @@ class TrainerConfig:
 
     eval_every: int = setting(1000, min=0)  # steps between evaluations (validation, samples, checkpoint); 0 = at the end
     eval_limit: Optional[int] = setting(None, min=1)  # cap on images per evaluation, val and test; null = all
+    # test images that get the model's expensive end-of-run bounds (the VAE's IW bound); null: sized to the
+    # run's planned training (final_images_for), never to how fast the machine is
+    final_images: Optional[int] = setting(None, min=1)
     log_every: int = setting(50, min=1)  # steps between train/ scalars (and progress lines, see log_seconds)
     # without a terminal (logs, pipes, SLURM) a progress line every log_every steps or log_seconds, whichever later
     log_seconds: float = setting(30.0, min=0)
@@ -216,6 +219,18 @@ class TrainerConfig:
         """The step count the run stops at (None when only max_minutes limits it)."""
         limits = [n for n in (self.max_steps, self.max_epochs and self.max_epochs * steps_per_epoch) if n]
         return min(limits) if limits else None
+
+    def final_images_for(self, steps_per_epoch: int, final_cost: float) -> Optional[int]:
+        """trainer.final_images, or the planned training images divided by what the end-of-run bounds of one
+        image cost in training images (the model's `final_cost`), at least one evaluation batch: the end of a short
+        run costs about as much as its training, and the same command covers the same images on any machine.
+        None (every image) when only max_minutes limits the run."""
+        if self.final_images is not None:
+            return self.final_images
+        steps = self.planned_steps(steps_per_epoch)
+        if steps is None:
+            return None
+        return max(self.eval_batch_size, math.ceil(steps * self.batch_size / final_cost))
 
     def limits_text(self, steps_per_epoch: int) -> str:
         parts = [text for limit, text in [

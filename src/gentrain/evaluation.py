@@ -50,6 +50,7 @@ class Evaluator:
         ema: Optional[EMA] = None,
         sample_metrics: Optional[SampleMetrics] = None,
         progress: bool = True,
+        final_images: Optional[int] = None,  # test images the end-of-run bounds cover (None: all)
     ):
         self.model = model
         self.dataset = dataset
@@ -61,6 +62,7 @@ class Evaluator:
         self.ema = ema
         self.sample_metrics = sample_metrics
         self.progress = progress  # bars on a terminal (progress lines elsewhere, always)
+        self.final_images = final_images
         self.use_labels = model.conditional
         self.covered: dict[str, dict[str, int]] = {}  # split -> metric -> images its mean covers
 
@@ -86,36 +88,23 @@ class Evaluator:
         size = len(getattr(self.dataset, split_name))
         return size if self.limit is None else min(size, self.limit)
 
-    def split(self, split_name: str, *, final: bool = False, budget_seconds: Optional[float] = None) -> dict[str, float]:
-        """Mean metrics over the split; `final` asks the model for its expensive end-of-run bounds.
-
-        When those would take longer than `budget_seconds` (the run's training time: the end of a short run must
-        not cost more than the run), they cover only the first batches that fit (at least one), the rest of the
-        split gets the ordinary metrics, and the log and notes say so: each mean is over the images it covered
-        (`covered`). With several processes each evaluates its shard and the sums are added up, so the numbers
-        are those of the whole split."""
+    def split(self, split_name: str, *, final: bool = False) -> dict[str, float]:
+        """Mean metrics over the split; `final` asks the model for its expensive end-of-run bounds, on the
+        first `self.final_images` images (None: all); the rest of the split gets the ordinary metrics, and the
+        notes say which images each mean covers (`covered`). The two parts are two passes with progress of their
+        own, so that each one's rate and ETA are right. With several processes each evaluates its shard of each
+        part and the sums are added up, so the numbers are those of the whole split."""
         n = self.images(split_name)
-        parallel = distributed.context()
-        batches = eval_batches(getattr(self.dataset, split_name), self.batch_size, use_labels=self.use_labels,
-                               limit=n, rank=parallel.rank, world_size=parallel.world_size, device=self.device)
+        bounded = 0 if not final else n if self.final_images is None else min(n, self.final_images)
         sums: dict[str, Tensor] = {}
-        counts: dict[str, Tensor] = {}
-        final_batches: Optional[int] = None  # None: every batch gets the end-of-run bounds
+        counts: dict[str, int] = {}
         # Every shard is evaluated with the buffers the checkpoints hold, rank 0's, so that a restarted run (and
         # gentrain-eval) gets the same numbers.
         distributed.broadcast_buffers(self.model)
         with self.eval_mode():
-            batch_count = math.ceil((n // parallel.world_size + 1) / self.batch_size)
-            desc = f"{split_name}: {self.model.evaluation_text(final)}"
-            started = time.perf_counter()
-            for index, batch in enumerate(track(batches, desc, total=batch_count, unit="batch", bar=self.progress)):
-                with autocast(self.precision, self.device):
-                    values = self.model.evaluate(batch, final=final and (final_batches is None or index < final_batches))
-                if final and index == 0:  # say what the end-of-run pass costs before most of it is spent
-                    final_batches = self._announce(desc, n, time.perf_counter() - started, batch_count, budget_seconds)
-                for name, value in values.items():
-                    sums[name] = sums.get(name, 0) + value.detach().float().sum(0)
-                    counts[name] = counts.get(name, 0) + len(batch)
+            for start, stop, expensive in ((0, bounded, True), (bounded, n, False)):
+                if stop > start:
+                    self._accumulate(split_name, start, stop, expensive, sums, counts)
             counted = {name: torch.tensor(float(counts[name]), device=self.device) for name in sums}
             for name in sorted(sums):  # the same order on every process
                 distributed.all_reduce_sum(sums[name])
@@ -123,18 +112,28 @@ class Evaluator:
             self.covered[split_name] = {name: int(count) for name, count in counted.items()}
             return self.model.summarize({name: sums[name] / counted[name] for name in sums})
 
-    def _announce(self, desc: str, images: int, first_batch: float, batches: int,
-                  budget_seconds: Optional[float]) -> Optional[int]:
-        """Log what the end-of-run pass will cost; -> how many batches get the end-of-run bounds (None: all)."""
-        estimate = first_batch * batches
-        if budget_seconds is None or estimate <= budget_seconds:
-            log.info("%s on %s images: about %s (timed on the first batch)", desc, f"{images:,}", duration(estimate))
-            return None
-        fitting = max(1, int(budget_seconds / first_batch))
-        log.info("%s on %s images would take about %s, longer than the run's %s of training: the end-of-run bounds "
-                 "cover the first %s images (gentrain-eval computes them on all)", desc, f"{images:,}",
-                 duration(estimate), duration(budget_seconds), f"{min(images, fitting * self.batch_size):,}")
-        return fitting
+    def _accumulate(self, split_name: str, start: int, stop: int, final: bool, sums: dict[str, Tensor],
+                    counts: dict[str, int]) -> None:
+        """Add the per-image values of images [start, stop) of the split (this process's shard) to the sums."""
+        parallel = distributed.context()
+        batches = eval_batches(getattr(self.dataset, split_name), self.batch_size, use_labels=self.use_labels,
+                               start=start, limit=stop, rank=parallel.rank, world_size=parallel.world_size,
+                               device=self.device)
+        shard = (stop - start) * (parallel.rank + 1) // parallel.world_size \
+            - (stop - start) * parallel.rank // parallel.world_size
+        total = math.ceil(shard / self.batch_size)
+        desc = f"{split_name}: {self.model.evaluation_text(final)}"
+        started = time.perf_counter()
+        for index, batch in enumerate(track(batches, desc, total=total, unit="batch", bar=self.progress)):
+            with autocast(self.precision, self.device):
+                values = self.model.evaluate(batch, final=final)
+            if final and index == 0:  # what the end-of-run pass costs, said before most of it is spent
+                first = "the first " if stop < self.images(split_name) else ""
+                log.info("%s on %s%s images: about %s (timed on the first batch)", desc, first,
+                         f"{stop - start:,}", duration((time.perf_counter() - started) * total))
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0) + value.detach().float().sum(0)
+                counts[name] = counts.get(name, 0) + len(batch)
 
     def sample_quality(self) -> dict[str, float]:
         """FID / KID of the model's samples when configured (computed by the main process), else nothing."""
@@ -156,5 +155,5 @@ class Evaluator:
             fewer = sorted(name for name, count in covered.items() if count < most)
             if fewer:
                 notes.append(f"{split}: {', '.join(fewer)} cover the first {min(covered[n] for n in fewer):,} of "
-                             f"{most:,} images (the end-of-run bounds were sized to the run's training time)")
+                             f"{most:,} images (trainer.final_images; gentrain-eval computes them on all)")
         return notes

@@ -77,10 +77,13 @@ class Progress:
 
     def line(self) -> str:
         rate = self.rate()
-        done = f"{self.n:,}" if self.total is None else f"{self.n:,}/{self.total:,} {self.unit} ({100 * self.n / max(self.total, 1):.0f}%)"
-        parts = [f"{self.desc}: {done}", *(f"{k} {v}" for k, v in self.postfix.items()), f"{rate:,.1f} {self.unit}/s"]
-        if self.total is not None and rate > 0:
-            parts.append(f"ETA {duration((self.total - self.n) / rate)}")
+        done = f"{self.n:,}" if self.total is None else \
+            f"{self.n:,}/{self.total:,} {self.unit} ({100 * self.n / max(self.total, 1):.0f}%)"
+        parts = [f"{self.desc}: {done}", *(f"{k} {v}" for k, v in self.postfix.items())]
+        if rate > 0:  # slow work in seconds per unit: "0.0 batch/s" says nothing
+            parts.append(f"{rate:,.1f} {self.unit}/s" if rate >= 1 else f"{1 / rate:,.1f} s/{self.unit}")
+            if self.total is not None:
+                parts.append(f"ETA {duration(max(0, self.total - self.n) / rate)}")
         return ", ".join(parts)
 
     def _maybe_line(self) -> None:

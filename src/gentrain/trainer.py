@@ -77,6 +77,7 @@ class Trainer:
         self.evaluator = Evaluator(
             self.model, self.dataset, batch_size=cfg.eval_batch_size, precision=cfg.precision, device=device,
             seed=seed, limit=cfg.eval_limit, ema=self.ema, sample_metrics=sample_metrics, progress=cfg.progress_bar,
+            final_images=cfg.final_images_for(self.batches.steps_per_epoch, model.final_cost),  # never the clock's
         )
         # Compiled after the first step, which runs eagerly: data-dependent initialisation (RealNVP's ActNorm)
         # happens there, so the compiled graphs have no branch on it.
@@ -194,7 +195,8 @@ class Trainer:
     # --- evaluation -----------------------------------------------------------------------------------
     def _evaluate_and_save(self) -> dict[str, float]:
         metrics = self.evaluator.split("val") | self.evaluator.sample_quality()
-        self.logger.scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
+        minutes = {"perf/train_minutes": self.train_seconds / 60}  # curves against time (scripts/plot_curves.py)
+        self.logger.scalars({f"val/{k}": v for k, v in metrics.items()} | minutes, self.step)
         if self.parallel.is_main:
             self.logger.images(self.evaluator.grids(self.vis_batch), self.step)
         good = all(math.isfinite(v) for v in metrics.values()) and all_finite(list(self.model.state_dict().values()))
@@ -222,8 +224,7 @@ class Trainer:
         already = self._last_validation is not None and self._last_validation[0] == self.step
         val = self._last_validation[1] if already else self._evaluate_and_save()
         try:
-            # Sized to the run (a few seconds are never worth a shorter bound): see Evaluator.split.
-            test = self.evaluator.split("test", final=True, budget_seconds=max(self.train_seconds, 10.0))
+            test = self.evaluator.split("test", final=True)
         except Interrupted as stop:
             raise Interrupted(f"{stop} during the final test evaluation; the checkpoints are intact (the last is "
                               f"step {self.step}): compute the test metrics with gentrain-eval run={self.run_dir}",
@@ -241,7 +242,7 @@ class Trainer:
             "images_per_metric": self.evaluator.covered, "notes": notes,
         }
         if self.parallel.is_main:
-            write_json(self.run_dir / "metrics.json", result)
+            write_json(self.run_dir / "metrics.json", result, root=self.run_dir)
         self.logger.text("notes", "\n\n".join(notes))
         final_metrics = {f"val/{k}": v for k, v in val.items()} | {f"test/{k}": v for k, v in test.items()}
         self.logger.hparams(self.hparams, final_metrics, self.step)

@@ -129,13 +129,14 @@ class TrainBatches:
 
 def eval_batches(
     split: ImageSplit, batch_size: int, *, use_labels: bool, limit: Optional[int] = None, rank: int = 0,
-    world_size: int = 1, device: Optional[torch.device] = None,
+    world_size: int = 1, device: Optional[torch.device] = None, start: int = 0,
 ) -> Iterator[Batch]:
-    """The split in order, in batches of `batch_size` (the last one may be smaller), on `device` (default: where
-    the split is). With several processes each gets a contiguous 1/world_size of the (first `limit` images of the)
-    split."""
+    """The split in order from image `start` up to `limit` (default: its end), in batches of `batch_size` (the last
+    one may be smaller), on `device` (default: where the split is). With several processes each gets a contiguous
+    1/world_size of those images."""
     n = len(split) if limit is None else min(limit, len(split))
-    first, last = n * rank // world_size, n * (rank + 1) // world_size
+    count = max(0, n - start)
+    first, last = start + count * rank // world_size, start + count * (rank + 1) // world_size
     for start in range(first, last, batch_size):
         end = min(start + batch_size, last)
         y = split.labels[start:end] if use_labels and split.labels is not None else None

@@ -60,6 +60,9 @@ class GenerativeModel(nn.Module):
     has_temperature: ClassVar[bool] = False  # sample() scales its noise by a temperature
     # NHWC weights on a CPU too (trainer.channels_last=null): for the models it was measured to speed up
     channels_last_on_cpu: ClassVar[bool] = False
+    # What evaluate(final=True) of one image costs, in training images: sizes the end-of-run bounds' test images
+    # to the run (TrainerConfig.final_images_for)
+    final_cost: float = 1.0
 
     def __init_subclass__(cls, config: Optional[type] = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

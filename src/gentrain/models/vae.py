@@ -198,6 +198,12 @@ class VAE(GenerativeModel, config=VAEConfig):
             log_weights.append(log_px + log_prior - log_q)
         return -(torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k))
 
+    @property
+    def final_cost(self) -> float:
+        # The k-sample bound of one image took about as long as training on k / 6 images (the default conv VAE
+        # on MNIST on a CPU: 20 ms against 1.25 ms); a fixed ratio, never a timing of this machine.
+        return 1.0 + self.cfg.iw_samples / 6 if self.cfg.iw_samples > 1 else 1.0
+
     def evaluation_text(self, final: bool) -> str:
         if final and self.cfg.iw_samples > 1:
             return f"negative ELBO and IW bound k={self.cfg.iw_samples}"
