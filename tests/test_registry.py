@@ -176,7 +176,8 @@ def test_the_import_graph_has_no_cycle_and_composition_needs_no_torch() -> None:
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
-    assert not graph["gentrain.config"] and not graph["gentrain.registry"]  # leaves
+    assert graph["gentrain.config"] == {"gentrain.settings"}  # the schemas and their rules: leaves
+    assert not graph["gentrain.settings"] and not graph["gentrain.registry"]
     # What `gentrain --help`, `--cfg job` and a config error import: nothing that imports torch.
     light = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import sys
