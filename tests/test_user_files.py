@@ -203,3 +203,16 @@ def test_a_yaml_alias_bomb_or_a_huge_config_is_refused_at_once(run_copy: Path) -
     assert f"expands to more than {MAX_YAML_NODES:,} values" in line and time.monotonic() - started < 10
     config.write_text("a: [" + "1, " * 2_000_000 + "1]\n")
     assert "larger than 4 MB" in one_error_line(command_in_process(cli_sample.main, f"run={run_copy}", "n=2"))
+
+
+def test_a_run_never_replaces_files_it_did_not_write(tmp_path: Path) -> None:
+    """hydra.run.dir=<a folder of the user's> holding a metrics.json (or train.log, samples/ ...) that no run
+    wrote: a fresh run there would replace or append to them; it stops first, and the folder stays as it was."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "metrics.json").write_text('{"my": "numbers"}')
+    (folder / "notes.txt").write_text("kept")
+    before = snapshot(folder)
+    line = one_error_line(gentrain_in_process(*QUICK, run_dir=folder))
+    assert f"{folder} already has metrics.json, not from a gentrain run" in line
+    assert snapshot(folder) == before

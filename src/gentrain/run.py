@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from gentrain import distributed
 from gentrain.errors import Preempted, RunDirectoryError, Stopped, is_user_error, one_line
-from gentrain.rundir import LOG_FORMAT
+from gentrain.rundir import LOG_FORMAT, foreign_files
 
 log = logging.getLogger("gentrain")
 
@@ -112,6 +112,10 @@ def run_in_directory(cfg: Any, run_dir: Path, hydra_cfg: Any, *, job: Any = None
             if run.writer and run.had_run and not continues_itself(cfg.trainer.resume, run.path):
                 raise RunDirectoryError(f"{run.path} already holds a run: continue it with trainer.resume=auto, "
                                         f"or train in another directory (hydra.run.dir=...)")
+            if run.writer and not run.had_run and foreign_files(run.path):
+                raise RunDirectoryError(f"{run.path} already has {', '.join(foreign_files(run.path))}, not from a "
+                                        f"gentrain run: gentrain never replaces them; train in an empty or new "
+                                        f"directory (hydra.run.dir=...)")
             log.info("overrides: %s", " ".join(overrides) or "none (the defaults)")
             check_choices(cfg, hydra_cfg.runtime.choices)
             result = train(cfg, run.path, before_training=lambda: run.commit(run_files(cfg, hydra_cfg)),

@@ -166,6 +166,13 @@ def holds_run(folder: Path) -> bool:
     return (folder / ".hydra" / "config.yaml").exists() or any((folder / "checkpoints").glob("*.pt"))
 
 
+def foreign_files(folder: Path) -> list[str]:
+    """The names a run writes that a folder holding no run already has: someone else's files, which a fresh run
+    there would replace or append to."""
+    names = (*RUN_FOLDERS, "train.log", "status.json", "metrics.json")
+    return [name for name in names if os.path.lexists(folder / name)]
+
+
 def refuse_run_files(folder: Path, option: str, *, itself: bool = True) -> None:
     """A chosen output folder must not be a run directory (unless `itself` may be: a training run resumes there),
     nor in a run's .hydra/ or checkpoints/: what the command writes there (metrics.json, TensorBoard events,
