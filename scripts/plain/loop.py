@@ -77,6 +77,27 @@ def make_optimizer(params, spec):
     return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
+def plain_updates(model, params: dict, optimizers: dict, batch: Batch, step: int):
+    """One training step the textbook way: for each update of the model, zero_grad, backward, step, with the
+    other networks' parameters frozen (a GAN's, as the WGAN reference code does). -> the last loss."""
+    loss = None
+    for update in model.updates():
+        if step % update.every:
+            continue
+        others = [p for name, ps in params.items() if name != update.optimizer for p in ps]
+        for p in others:
+            p.requires_grad_(False)
+        loss = update.loss(batch, step).loss
+        optimizers[update.optimizer].zero_grad()
+        loss.backward()
+        optimizers[update.optimizer].step()
+        for p in others:
+            p.requires_grad_(True)
+        if update.after_step is not None:
+            update.after_step()
+    return loss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="dataset root (MNIST/raw, cifar-10-batches-py)")
@@ -107,7 +128,7 @@ def main() -> None:
     optimizers = {name: make_optimizer(params[name], spec.config) for name, spec in specs.items()}
     conditional = model.conditional
 
-    step, window_start = 0, time.perf_counter()
+    step, window_start, loss = 0, time.perf_counter(), None
     start = window_start
     while step < args.steps:
         for x, y in loader:
@@ -115,20 +136,8 @@ def main() -> None:
             if dynamic_binarization:
                 x = (torch.rand(x.shape, device=device) * 255.0 < x).to(torch.uint8)
             batch = Batch(x, y.to(device, non_blocking=True) if conditional else None)
-            for update in model.updates():
-                if step % update.every:
-                    continue
-                others = [p for name, ps in params.items() if name != update.optimizer for p in ps]
-                for p in others:
-                    p.requires_grad_(False)
-                loss = update.loss(batch, step).loss
-                optimizers[update.optimizer].zero_grad()
-                loss.backward()
-                optimizers[update.optimizer].step()
-                for p in others:
-                    p.requires_grad_(True)
-                if update.after_step is not None:
-                    update.after_step()
+            stepped = plain_updates(model, params, optimizers, batch, step)
+            loss = stepped if stepped is not None else loss  # a GAN step may skip the generator
             step += 1
             if step == 1:
                 print(json.dumps({"seconds_to_first_step": process_seconds()}), flush=True)
