@@ -132,6 +132,32 @@ def test_a_time_limit_right_after_an_evaluation_does_not_evaluate_twice(
     assert result["step"] == 1 and calls == ["val", "test"]
 
 
+def test_early_stopping_stops_and_tests_the_best_checkpoint(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
+    """Validation scores 5, 4, 4.5, 4.6, 4.7 at steps 2..10 with trainer.early_stopping=3: training stops after the
+    third evaluation without a better score (step 10, not the 20 planned) and the test pass scores the weights of
+    step 4, best.pt."""
+    from gentrain.evaluation import Evaluator
+
+    scripted, tested = iter([5.0, 4.0, 4.5, 4.6, 4.7]), []
+    original = Evaluator.split
+
+    def split(self, split_name, **kwargs):
+        result = original(self, split_name, **kwargs)
+        if split_name == "val":
+            return {**result, "bits_per_dim": next(scripted)}
+        tested.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return result
+
+    monkeypatch.setattr(Evaluator, "split", split)
+    result = train_in_process(tmp_path, *QUICK, "model.arch=mlp", "trainer.max_steps=20", "trainer.eval_every=2",
+                              "trainer.early_stopping=3")
+    assert result["step"] == 10 and result["best_step"] == 4 and result["val"]["bits_per_dim"] == 4.0
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["step"] == 4 and all(torch.equal(tested[0][k], v) for k, v in best["model"].items())
+    final = load_checkpoint(tmp_path / "checkpoints" / "step_00000010.pt")
+    assert any(not torch.equal(final["model"][k], v) for k, v in best["model"].items())
+
+
 def test_slow_work_shows_seconds_per_unit_and_a_right_eta(monkeypatch) -> None:
     """A test pass of 2 expensive batches then 20 cheap ones: each part has its own line and ETA (one rate over
     both said 'ETA 16m' for a pass that took a minute), and under one unit per second the line says s/batch."""

@@ -102,6 +102,9 @@ class TrainerConfig:
     num_samples: int = setting(64, min=1, max=1024)  # images in each sample grid
     keep_checkpoints: int = setting(3, min=1)  # step checkpoints kept besides best.pt
     progress_bar: bool = True  # tqdm bars on a terminal (never in redirected output)
+    # stop after this many evaluations in a row without a better validation main metric; the final test pass
+    # then scores the best checkpoint (early stopping, as in the MADE and NADE papers). null: off
+    early_stopping: Optional[int] = setting(None, min=1)
     nonfinite: NonFinitePolicy = NonFinitePolicy.skip
     max_nonfinite: int = setting(10, min=1)
     # Continue a run: a run directory or checkpoint file (the run's own config and directory are reused),
@@ -136,6 +139,8 @@ class TrainerConfig:
     def problems(self, prefix: str) -> Iterator[str]:
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             yield (f"the run would never stop: set {prefix}max_steps, {prefix}max_epochs or {prefix}max_minutes")
+        if self.early_stopping and not self.eval_every:
+            yield f"{prefix}early_stopping counts evaluations: set {prefix}eval_every too (it is 0)"
 
 
 class FeatureExtractorName(Enum):

@@ -2,7 +2,8 @@
 
 What happens in one training step is update.py's; how the run is evaluated, evaluation.py's; how it is saved,
 checkpoint.py's. This file strings them together: the loop and its limits, logging, evaluation and checkpoints
-at their intervals, the final test pass, and the state that lets a run continue exactly where it stopped.
+at their intervals, the final test pass; the state that lets a run continue exactly where it stopped is
+trainer_state.py's.
 """
 
 from __future__ import annotations
@@ -20,24 +21,25 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gentrain import distributed
-from gentrain.checkpoint import CheckpointManager, all_finite, gather_rng_states, restore_rank_rng
+from gentrain.checkpoint import CheckpointManager, all_finite
 from gentrain.config import LRSchedule, TrainerConfig
 from gentrain.data.base import ImageDataset
 from gentrain.data.batches import TrainBatches, eval_batches
 from gentrain.ema import EMA
-from gentrain.errors import CheckpointError, ConfigError, Interrupted, NonFiniteError, Preempted, deferred_stop
+from gentrain.errors import ConfigError, Interrupted, NonFiniteError, deferred_stop
 from gentrain.evaluation import Evaluator, SampleMetrics
 from gentrain.logger import RunLogger, write_json
 from gentrain.models.base import GenerativeModel
 from gentrain.optim import build_optimizer, build_scheduler
 from gentrain.progress import Progress
 from gentrain.runtime import check_precision, peak_memory_mb, process_seconds, use_channels_last
+from gentrain.trainer_state import TrainerState
 from gentrain.update import Updater
 
 log = logging.getLogger(__name__)
 
 
-class Trainer:
+class Trainer(TrainerState):
     """Trains any GenerativeModel: the steps, EMA, schedules, logging, evaluation, samples and checkpoints."""
 
     def __init__(self, model: GenerativeModel, dataset: ImageDataset, cfg: TrainerConfig, *, run_dir: Path,
@@ -89,7 +91,8 @@ class Trainer:
         self.logger: Optional[RunLogger] = None  # opened by fit(), after a resume has set the step
         self.checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.keep_checkpoints)
         self.step, self.train_seconds, self.minutes_before_resume = 0, 0.0, 0.0  # wall minutes of earlier processes
-        self.best_metric = math.inf
+        self.best_metric, self.best_step = math.inf, 0
+        self.best_validation: Optional[dict[str, float]] = None  # the best step's validation metrics
         self.last_good: Optional[str] = None  # the newest checkpoint with finite weights and validation metrics
         self._started = time.monotonic()
         self._window_steps, self._window_seconds = 0, 0.0
@@ -137,6 +140,8 @@ class Trainer:
                     break  # the final evaluation follows
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self._evaluate_and_save()
+                    if self._stopped_early():
+                        break
         return self._finish()
 
     def _train_step(self) -> None:
@@ -161,6 +166,15 @@ class Trainer:
     def _step_limit_reached(self) -> bool:
         cfg = self.cfg
         return bool((cfg.max_steps and self.step >= cfg.max_steps) or (cfg.max_epochs and self.batches.epoch >= cfg.max_epochs))
+
+    def _stopped_early(self) -> bool:
+        """trainer.early_stopping: as many evaluations in a row as it says without a better validation metric."""
+        patience = self.cfg.early_stopping
+        if not patience or self.step - self.best_step < patience * self.cfg.eval_every:
+            return False
+        log.info("early stopping: no better val/%s in %d evaluations (the best: step %d)", self.model.main_metric,
+                 patience, self.best_step)
+        return True
 
     def _wall_minutes(self) -> float:
         """Minutes since the run first started, across resumes."""
@@ -202,7 +216,7 @@ class Trainer:
         good = all(math.isfinite(v) for v in metrics.values()) and all_finite(list(self.model.state_dict().values()))
         is_best = good and metrics.get(self.model.main_metric, math.inf) < self.best_metric
         if is_best:
-            self.best_metric = metrics[self.model.main_metric]
+            self.best_metric, self.best_step, self.best_validation = metrics[self.model.main_metric], self.step, metrics
         if good:
             self.last_good = f"step_{self.step:08d}.pt"
         state = self.state_dict()  # on every process: it gathers their generators
@@ -223,6 +237,8 @@ class Trainer:
         # A time limit can expire right after an evaluation: that step is validated and saved already.
         already = self._last_validation is not None and self._last_validation[0] == self.step
         val = self._last_validation[1] if already else self._evaluate_and_save()
+        if self.cfg.early_stopping:  # the test pass scores the best checkpoint, as early stopping selects it
+            val = self._restore_best(val)
         try:
             test = self.evaluator.split("test", final=True)
         except Interrupted as stop:
@@ -236,7 +252,8 @@ class Trainer:
             log.info("note: %s", note)
         result = {
             "model": self.identity["model"], "dataset": self.dataset.name, "main_metric": self.model.main_metric,
-            "step": self.step, "epoch": self.batches.epoch, "train_seconds": round(self.train_seconds, 2),
+            "step": self.step, "best_step": self.best_step, "epoch": self.batches.epoch,
+            "train_seconds": round(self.train_seconds, 2),
             "nonfinite_steps_skipped": self.updater.skipped, "val": val, "test": test,
             "eval_images": {"val": self.evaluator.images("val"), "test": self.evaluator.images("test")},
             "images_per_metric": self.evaluator.covered, "notes": notes,
@@ -248,53 +265,3 @@ class Trainer:
         self.logger.hparams(self.hparams, final_metrics, self.step)
         self.logger.close()
         return result
-
-    # --- state ----------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the run exactly (checkpoint.py); every process calls it."""
-        return {
-            "identity": self.identity,
-            "model": self.model.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "scaler": self.updater.scaler.state_dict(),
-            "step": self.step, "batches": self.batches.state_dict(),
-            "best_metric": self.best_metric, "last_good": self.last_good,
-            "nonfinite_skipped": self.updater.skipped, "train_seconds": self.train_seconds,
-            "wall_minutes": self._wall_minutes(), **gather_rng_states(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
-        """Continue from a checkpoint's state (load_checkpoint(for_training=True) checked its contents)."""
-        try:
-            self.model.load_state_dict(state["model"])
-            for name, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(state["optimizers"][name])
-            for name, scheduler in self.schedulers.items():
-                scheduler.load_state_dict(state["schedulers"][name])
-            if self.ema is not None and state["ema"] is not None:
-                self.ema.load_state_dict(state["ema"])
-            elif self.ema is not None:
-                log.warning("the checkpoint has no EMA weights; the average starts from the current weights")
-            self.updater.scaler.load_state_dict(state["scaler"])
-            self.batches.load_state_dict(state["batches"])
-            restore_rank_rng(state, self.parallel.rank, self.seed)
-        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise CheckpointError(f"{source} does not fit this run: {first_line}") from None
-        self.step, self.best_metric = int(state["step"]), float(state["best_metric"])
-        self.last_good = state.get("last_good")  # checkpoints from before gentrain tracked it: unknown
-        self.updater.skipped = int(state["nonfinite_skipped"])
-        self.train_seconds, self.minutes_before_resume = float(state["train_seconds"]), float(state["wall_minutes"])
-        log.info("resumed from %s at step %d (epoch %d)", source, self.step, self.batches.epoch)
-
-    def _save_and_exit(self, signum: int) -> None:
-        """A stop signal: checkpoint the step reached and exit with 128 + the signal (errors.deferred_stop)."""
-        state = self.state_dict()  # on every process (a collective), before the barrier
-        path = self.checkpoints.save(state, self.step, best=False, keep_also=self.last_good) \
-            if self.parallel.is_main else None
-        distributed.barrier()  # no process exits (and gets its siblings killed) before the checkpoint is written
-        self.logger.close()
-        raise Preempted(f"stopped by {signal.Signals(signum).name} at step {self.step}; checkpoint {path}. "
-                        f"Continue with: gentrain trainer.resume={self.run_dir}", signum)
