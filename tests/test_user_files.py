@@ -14,29 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, command_in_process, gentrain_in_process, run_cli
-from test_run_directory import QUICK, one_error_line, snapshot
+from conftest import REPO, command_in_process, gentrain_in_process
+from test_run_directory import QUICK, finished_run, one_error_line, run_copy, snapshot  # noqa: F401 (fixtures)
 
 import gentrain.files as files_module
 from gentrain import cli_eval, cli_sample
 from gentrain.errors import RunDirectoryError
 from gentrain.files import FileExists, write_file
 from gentrain.rundir import MAX_YAML_NODES
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "vae"
-    result = run_cli(*QUICK, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return run_dir
-
-
-@pytest.fixture
-def run_copy(finished_run: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(finished_run, copy, symlinks=True)
-    return copy
 
 
 def temporaries(folder: Path) -> list[str]:
