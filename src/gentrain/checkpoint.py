@@ -187,11 +187,14 @@ class CheckpointManager:
         files = self.step_files()
         return files[-1] if files else None
 
+    def step_path(self, step: int) -> Path:
+        return self.directory / f"step_{step:08d}.pt"
+
     def save(self, state: dict[str, Any], step: int, *, best: bool, keep_also: Optional[str] = None) -> Path:
         """Write step_<step>.pt (and best.pt when `best`), then delete step files beyond the newest `keep`,
         except `keep_also` (the newest good checkpoint's name)."""
         real_folder(self.directory, self.directory.parent)
-        path = self.directory / f"step_{step:08d}.pt"
+        path = self.step_path(step)
         atomic_save({"format": FORMAT, **state}, path)
         if best:
             self._mark_best(path)

@@ -218,7 +218,7 @@ class Trainer(TrainerState):
         if is_best:
             self.best_metric, self.best_step, self.best_validation = metrics[self.model.main_metric], self.step, metrics
         if good:
-            self.last_good = f"step_{self.step:08d}.pt"
+            self.last_good = self.checkpoints.step_path(self.step).name
         state = self.state_dict()  # on every process: it gathers their generators
         if self.parallel.is_main:
             self.checkpoints.save(state, self.step, best=is_best, keep_also=self.last_good)

@@ -63,8 +63,9 @@ class TrainerState:
     def _save_and_exit(self, signum: int) -> None:
         """A stop signal: checkpoint the step reached and exit with 128 + the signal (errors.deferred_stop)."""
         state = self.state_dict()  # on every process (a collective), before the barrier
-        path = self.checkpoints.save(state, self.step, best=False, keep_also=self.last_good) \
-            if self.parallel.is_main else None
+        if self.parallel.is_main:
+            self.checkpoints.save(state, self.step, best=False, keep_also=self.last_good)
+        path = self.checkpoints.step_path(self.step)  # written by rank 0, named the same on every rank
         distributed.barrier()  # no process exits (and gets its siblings killed) before the checkpoint is written
         self.logger.close()
         raise Preempted(f"stopped by {signal.Signals(signum).name} at step {self.step}; checkpoint {path}. "
