@@ -164,6 +164,7 @@ def test_help_lists_groups_and_options(tmp_path: Path) -> None:
     for group in ("model: ", "dataset: celeba, cifar10, folder, mnist", "trainer: debug, default", "experiment: "):
         assert group in result.stdout
     assert "schema_" not in result.stdout
+    assert "trainer_model" not in result.stdout  # picked by config.yaml itself, not a user's choice
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:

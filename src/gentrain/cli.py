@@ -136,6 +136,11 @@ def _hydra_raises() -> Iterator[None]:
         yield
 
 
+# Config folders that are not choices for users: Hydra's own, and trainer_model/, which config.yaml picks by itself
+# (<trainer>_<model>, e.g. the VAE's smaller IW bound under trainer=debug).
+INTERNAL_GROUPS = ("hydra", "trainer_model", "__pycache__")
+
+
 def _help(arguments: list[str]) -> str:
     """Hydra's help template (configs/config.yaml, hydra.help.template) filled in by listing the config folders,
     instead of Hydra's own listing, which copies every stored config once per group option (seconds of CPU)."""
@@ -151,7 +156,7 @@ def _help(arguments: list[str]) -> str:
     template = yaml.safe_load((configs / "config.yaml").read_text())["hydra"]["help"]["template"]
     groups = {entry.name: sorted(option.name.removesuffix(".yaml") for option in entry.iterdir()
                                  if option.name.endswith(".yaml"))
-              for entry in configs.iterdir() if entry.is_dir() and entry.name not in ("hydra", "__pycache__")}
+              for entry in configs.iterdir() if entry.is_dir() and entry.name not in INTERNAL_GROUPS}
     listing = "\n".join(f"{group}: {', '.join(options)}" for group, options in sorted(groups.items()) if options)
     config = OmegaConf.to_yaml(compose([a for a in arguments if "=" in a and not a.startswith("-")]))
     return string.Template(template).safe_substitute(APP_CONFIG_GROUPS=listing, CONFIG=config)

@@ -87,9 +87,16 @@ class GenerativeModel(nn.Module):
 
     # --- training -------------------------------------------------------------------------------------
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        raise NotImplementedError
+        """One optimizer, "model", over every parameter with the options' `optim`: a single-objective model needs
+        nothing more. Models with several (GANs) name each optimizer and the parameters it steps."""
+        return {"model": OptimizerSpec(self.parameters(), self.cfg.optim)}
 
     def updates(self) -> list[Update]:
+        """One step of the "model" optimizer on `loss`, every training step (GANs list theirs)."""
+        return [Update("model", self.loss)]
+
+    def loss(self, batch: Batch, step: int) -> LossOutput:
+        """The training loss of a single-objective model (the default updates() steps it)."""
         raise NotImplementedError
 
     # --- evaluation -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from gentrain.data.batches import Batch
 from gentrain.metrics import bits_per_dim
-from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
+from gentrain.models.base import GenerativeModel, LossOutput
 
 
 class LikelihoodModel(GenerativeModel):
@@ -26,12 +26,6 @@ class LikelihoodModel(GenerativeModel):
         nll = self.nll_nats(batch)
         bpd = bits_per_dim(nll, self.data.num_dims).mean()
         return LossOutput(bpd, {"bits_per_dim": bpd.detach(), "nll_nats": nll.mean().detach()})  # the loss is bpd
-
-    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(self.parameters(), self.cfg.optim)}
-
-    def updates(self) -> list[Update]:
-        return [Update("model", self.loss)]
 
     def evaluation_text(self, final: bool) -> str:
         return "bits/dim"

@@ -20,7 +20,7 @@ from gentrain.data.batches import Batch
 from gentrain.distributions import Bernoulli, Categorical, DiscretizedLogistic, PixelLikelihood
 from gentrain.errors import ConfigError
 from gentrain.metrics import bits_per_dim
-from gentrain.models.base import GenerativeModel, LossOutput, OptimizerSpec, Update
+from gentrain.models.base import GenerativeModel, LossOutput
 from gentrain.models.schemas.vae import VAEArch, VAEConfig, VAELikelihood
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -166,12 +166,6 @@ class VAE(GenerativeModel, config=VAEConfig):
         if self.cfg.kl_warmup_steps:  # otherwise beta is constant
             logs["beta"] = torch.tensor(beta)
         return LossOutput(loss, logs)
-
-    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(self.parameters(), self.cfg.optim)}
-
-    def updates(self) -> list[Update]:
-        return [Update("model", self.loss)]
 
     # --- evaluation -----------------------------------------------------------------------------------
     def importance_weighted_nll(self, batch: Batch, k: int, max_decodes: Optional[int] = None) -> Tensor:
