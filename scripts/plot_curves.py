@@ -32,6 +32,7 @@ PUBLISHED = {
                                   ("RealNVP", 3.49)],
 }
 NATS_TAGS = ("val/nll_nats", "val/neg_elbo_nats")  # per image; the VAE's is a bound
+HIDDEN = ("hydra.", "trainer.progress_bar", "trainer.resume")  # overrides that say nothing about the curve
 
 
 def read_curve(run_dir: Path, metric: str | None) -> dict:
@@ -58,7 +59,7 @@ def read_curve(run_dir: Path, metric: str | None) -> dict:
     label_data = f"{dataset}, binarized" if binarized else dataset
     minutes = {e.step: e.value for e in events.Scalars("perf/train_minutes")} if "perf/train_minutes" in tags else {}
     return {
-        "label": " ".join(o for o in overrides if not o.startswith(("hydra.", "trainer.progress_bar"))) or run_dir.name,
+        "label": " ".join(o for o in overrides if not o.startswith(HIDDEN)) or run_dir.name,
         "dataset": label_data, "tag": metric, "unit": "nats" if metric in NATS_TAGS else metric.split("/")[-1],
         "points": [(e.step, e.value) for e in events.Scalars(metric)], "minutes": minutes,
         "batch": int(config["trainer"]["batch_size"]),
