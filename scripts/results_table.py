@@ -63,7 +63,7 @@ def table(runs: list[dict], metric_names: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         m = run["metrics"]
-        hidden = ("hydra.", "dataset.root=", "trainer.progress_bar=")
+        hidden = ("hydra.", "dataset.root=", "trainer.progress_bar=", "trainer.resume=")
         command = "gentrain " + " ".join(o for o in run["overrides"] if not o.startswith(hidden))
         wall = "" if run["wall_seconds"] is None else f"{run['wall_seconds'] / 60:.1f}"
         row = [m["model"], dataset_label(run), training_length(run), f"{m['train_seconds'] / 60:.1f}", wall,
