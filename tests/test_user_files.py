@@ -201,3 +201,15 @@ def test_a_run_never_replaces_files_it_did_not_write(tmp_path: Path) -> None:
     line = one_error_line(gentrain_in_process(*QUICK, run_dir=folder))
     assert f"{folder} already has metrics.json, not from a gentrain run" in line
     assert snapshot(folder) == before
+
+
+def test_a_sweep_never_replaces_summaries_it_did_not_write(tmp_path: Path) -> None:
+    """hydra.sweep.dir=<a folder of the user's> with a summary.md of their own: refused before any job; a folder
+    that an earlier gentrain sweep filled is continued as before."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "summary.md").write_text("my table")
+    before = snapshot(folder)
+    status, out, err = gentrain_in_process("-m", *QUICK, "seed=1,2", f"hydra.sweep.dir={folder}")
+    assert status == 2 and f"{folder} already has summary.md, not from a gentrain sweep" in err, out + err
+    assert snapshot(folder) == before and sorted(p.name for p in folder.iterdir()) == ["summary.md"]

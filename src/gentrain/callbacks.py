@@ -33,13 +33,17 @@ class RunDirectoryCheck(Callback):
         _require_writable(Path(config.hydra.run.dir), "hydra.run.dir", may_hold_run=True)  # resumed there
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from gentrain.rundir import claim_sweep_directory
+        from gentrain.rundir import claim_sweep_directory, foreign_files
         from gentrain.run_names import named_by_launch_time
 
         sweep_dir = Path(config.hydra.sweep.dir)
         _require_writable(sweep_dir, "hydra.sweep.dir", may_hold_run=False)
         if named_by_launch_time(config.hydra.sweep):  # one command's; a chosen directory is reused
             claim_sweep_directory(sweep_dir)
+        elif foreign_files(sweep_dir, sweep=True):  # a folder of the user's: its summaries would be replaced
+            print(f"gentrain: error: {sweep_dir} already has {', '.join(foreign_files(sweep_dir, sweep=True))}, "
+                  f"not from a gentrain sweep: choose an empty or new hydra.sweep.dir", file=sys.stderr)
+            raise SystemExit(2)
 
 
 class SweepSummary(Callback):

@@ -166,10 +166,15 @@ def holds_run(folder: Path) -> bool:
     return (folder / ".hydra" / "config.yaml").exists() or any((folder / "checkpoints").glob("*.pt"))
 
 
-def foreign_files(folder: Path) -> list[str]:
-    """The names a run writes that a folder holding no run already has: someone else's files, which a fresh run
-    there would replace or append to."""
-    names = (*RUN_FOLDERS, "train.log", "status.json", "metrics.json")
+def foreign_files(folder: Path, *, sweep: bool = False) -> list[str]:
+    """The names a run (or a `sweep`) writes that a folder holding none already has: someone else's files, which
+    a fresh run or sweep there would replace or append to."""
+    if sweep:
+        if os.path.lexists(folder / SWEEP_MARKER) or any(holds_run(p) for p in folder.iterdir() if p.is_dir()):
+            return []  # a sweep's own directory, continued
+        names: tuple[str, ...] = ("summary.csv", "summary.md", "multirun.yaml")
+    else:
+        names = (*RUN_FOLDERS, "train.log", "status.json", "metrics.json")
     return [name for name in names if os.path.lexists(folder / name)]
 
 
