@@ -31,8 +31,8 @@ class FileExists(GentrainError):
 
 def real_folder(folder: Path, root: Optional[Path] = None) -> Path:
     """Create `folder` (and its parents) and check that no folder below `root` down to `folder` is a symbolic
-    link or something other than a folder. `root` itself may be a link (the user chose it), and so may anything
-    when there is no `root`."""
+    link or something other than a folder. `root` itself may be a link (the user chose it), and so may
+    anything when there is no `root`."""
     folder = Path(os.path.abspath(folder))
     if root is None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,22 +59,23 @@ def real_folder(folder: Path, root: Optional[Path] = None) -> Path:
 
 
 def refuse_link(path: Path) -> None:
-    """One line when `path` is a symbolic link (or a folder where a file belongs): gentrain writes files only."""
+    """One line when `path` is a symbolic link (or a folder where a file belongs): gentrain writes files."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if stat.S_ISLNK(mode):
-        raise RunDirectoryError(f"{path} is a symbolic link: gentrain does not write through links (remove it)")
+        raise RunDirectoryError(f"{path} is a symbolic link: gentrain does not write through links "
+                                f"(remove it)")
     if stat.S_ISDIR(mode):
         raise RunDirectoryError(f"{path} is a folder, where gentrain writes a file (remove or rename it)")
 
 
 def write_file(path: Path, content: Content, *, root: Optional[Path] = None, replace: bool = True,
                sync: bool = False) -> Path:
-    """Write `content` (bytes, text, or a function that writes into a binary file) to `path` as described in the
-    module docstring. `replace=False` raises FileExists when the name is taken; `sync` flushes the data to disk
-    before the rename (checkpoints)."""
+    """Write `content` (bytes, text, or a function that writes into a binary file) to `path` as described in
+    the module docstring. `replace=False` raises FileExists when the name is taken; `sync` flushes the data to
+    disk before the rename (checkpoints)."""
     folder = real_folder(path.parent, root)
     path = folder / path.name
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
@@ -90,7 +91,8 @@ def write_file(path: Path, content: Content, *, root: Optional[Path] = None, rep
                 os.fsync(f.fileno())
         if replace:
             if os.path.isdir(path) and not os.path.islink(path):
-                raise RunDirectoryError(f"{path} is a folder, where gentrain writes a file (remove or rename it)")
+                raise RunDirectoryError(f"{path} is a folder, where gentrain writes a file (remove or rename "
+                                        f"it)")
             os.replace(tmp, path)
         else:
             try:
@@ -126,8 +128,8 @@ def open_append(path: Path, *, root: Optional[Path] = None) -> IO[str]:
     """A text file opened for appending (a log), created when missing; never through a link."""
     folder = real_folder(path.parent, root)
     try:
-        fd = os.open(folder / path.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
-                     0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(folder / path.name, flags, 0o644)
     except OSError as err:
         if err.errno in (errno.ELOOP, errno.EISDIR):
             refuse_link(folder / path.name)  # says which, in one line

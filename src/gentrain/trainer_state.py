@@ -1,5 +1,6 @@
-"""The state that lets a run continue exactly where it stopped: what a checkpoint holds, how a run resumes from
-one, how a stop signal saves one, and how the final test pass goes back to the best one (trainer.early_stopping).
+"""The state that lets a run continue exactly where it stopped: what a checkpoint holds, how a run resumes
+from one, how a stop signal saves one, and how the final test pass goes back to the best one
+(trainer.early_stopping).
 A part of the Trainer (trainer.py), kept here so that the loop reads on its own."""
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class TrainerState:
             raise CheckpointError(f"{source} does not fit this run: {first_line}") from None
         self.step, self.best_metric = int(state["step"]), float(state["best_metric"])
         self.last_good = state.get("last_good")  # checkpoints from before gentrain tracked it: unknown
-        self.best_step, self.best_validation = int(state.get("best_step", self.step)), state.get("best_validation")
+        self.best_step = int(state.get("best_step", self.step))  # older checkpoints: from here on
+        self.best_validation = state.get("best_validation")
         self.updater.skipped = int(state["nonfinite_skipped"])
         self.train_seconds, self.minutes_before_resume = float(state["train_seconds"]), float(state["wall_minutes"])
         log.info("resumed from %s at step %d (epoch %d)", source, self.step, self.batches.epoch)
@@ -72,7 +74,7 @@ class TrainerState:
                         f"Continue with: gentrain trainer.resume={self.run_dir}", signum)
 
     def _restore_best(self, last_validation: dict[str, float]) -> dict[str, float]:
-        """Go back to the best checkpoint's weights (and EMA) for the final test pass -> its validation metrics."""
+        """Back to the best checkpoint's weights (and EMA) for the final test pass -> its validation metrics."""
         if self.best_step == self.step or self.best_validation is None:
             return last_validation
         distributed.barrier()  # rank 0 has written best.pt
@@ -80,6 +82,6 @@ class TrainerState:
         self.model.load_state_dict(best["model"])
         if self.ema is not None and best.get("ema") is not None:
             self.ema.load_state_dict(best["ema"])
-        log.info("early stopping: the test pass scores the best checkpoint, step %d (val %s %.4f)", self.best_step,
-                 self.model.main_metric, self.best_validation[self.model.main_metric])
+        log.info("early stopping: the test pass scores the best checkpoint, step %d (val %s %.4f)",
+                 self.best_step, self.model.main_metric, self.best_validation[self.model.main_metric])
         return self.best_validation
