@@ -11,8 +11,8 @@ from gentrain.nn.unet import UNet
 
 def small(side: int, mult=(1, 2, 2), attention=(7,), **kwargs) -> UNet:
     torch.manual_seed(0)
-    net = UNet(1, 2, side, base_channels=8, channel_mult=mult, num_res_blocks=1, attention_resolutions=attention,
-               dropout=0.0, **kwargs)
+    net = UNet(1, 2, side, base_channels=8, channel_mult=mult, num_res_blocks=1,
+               attention_resolutions=attention, dropout=0.0, **kwargs)
     with torch.no_grad():  # the zero-initialised layers would hide whether t and labels reach the output
         for p in net.parameters():
             if not p.any():
@@ -20,7 +20,8 @@ def small(side: int, mult=(1, 2, 2), attention=(7,), **kwargs) -> UNet:
     return net
 
 
-@pytest.mark.parametrize("side,mult,sides", [(28, (1, 2, 2, 2), [28, 14, 7, 7]), (32, (1, 2, 2, 2), [32, 16, 8, 4]),
+@pytest.mark.parametrize("side,mult,sides", [(28, (1, 2, 2, 2), [28, 14, 7, 7]),
+                                             (32, (1, 2, 2, 2), [32, 16, 8, 4]),
                                              (28, (1, 2), [28, 14])])
 def test_shapes_for_mnist_and_cifar_sides(side, mult, sides):
     net = small(side, mult, attention=(7, 8))

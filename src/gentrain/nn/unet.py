@@ -135,7 +135,8 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels
         self.time_embedding = time_embedding
         self.fourier_time = FourierTimeEmbedding(base_channels) if time_embedding == "fourier" else None
-        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
         # one more row than classes: the "null" label of classifier-free guidance
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
 
