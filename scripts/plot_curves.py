@@ -14,6 +14,7 @@ Needs matplotlib (`pip install 'gentrain[plots]'`).
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from collections import defaultdict
@@ -39,6 +40,10 @@ def read_curve(run_dir: Path, metric: str | None) -> dict:
     """One run's validation curve and what it is: {label, dataset, tag, unit, points [(step, value)], minutes
     {step: minutes}, batch}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # A resumed run's events after its last checkpoint are superseded: TensorBoard drops them (as it should) and
+    # says so per run; that is expected here, not news
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
 
     config_file, overrides_file = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "overrides.yaml"
     if not config_file.is_file():
@@ -71,12 +76,20 @@ def _choice(overrides: list, group: str) -> str | None:
     return chosen[-1] if chosen else None
 
 
+def _short_count(value: float, _position: int) -> str:
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
 def plot(curves: list[dict], published: dict, out_dir: Path) -> list[Path]:
     """One PNG per (dataset, unit): the curves against minutes (left) and images seen (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for curve in curves:
@@ -101,11 +114,16 @@ def plot(curves: list[dict], published: dict, out_dir: Path) -> list[Path]:
         by_images.set_xlabel("training images seen")
         by_minutes.set_ylabel(f"validation {unit}" + (" per image" if unit == "nats" else ""))
         by_images.set_xscale("log")
+        # 1, 2, 5 x 10^k labelled as 20k, 500k, 2M: the default labels every minor tick of a short range on top
+        # of each other
+        by_images.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        by_images.xaxis.set_major_formatter(FuncFormatter(_short_count))
+        by_images.xaxis.set_minor_formatter(NullFormatter())
         by_minutes.set_title(f"{dataset}: validation {unit}")
-        by_images.legend(fontsize=7, loc="upper right")
+        figure.legend(fontsize=7, loc="lower center", ncol=2, frameon=False)
         for axis in (by_minutes, by_images):
             axis.grid(alpha=0.3)
-        figure.tight_layout()
+        figure.tight_layout(rect=(0, 0.06 * ((len(members) + 1) // 2), 1, 1))
         slug = re.sub(r"\W+", "_", dataset).strip("_")
         path = out_dir / f"curves_{slug}_{unit}.png"
         figure.savefig(path, dpi=110)
