@@ -1,8 +1,8 @@
 """Data whose flow-matching velocity field and likelihood are known in closed form, for exact checks.
 
 The data are x1 ~ N(mu, R diag(s^2) R^T) (R orthogonal), the noise x0 ~ N(0, I), and the conditional optimal-
-transport path of flow matching x_t = (1 - (1 - sigma_min) t) x0 + t x1 (noise at t = 0, data at t = 1). In R's
-basis every coordinate is an independent Gaussian path with variance m_t^2 = sigma_t^2 + t^2 s^2,
+transport path of flow matching x_t = (1 - (1 - sigma_min) t) x0 + t x1 (noise at t = 0, data at t = 1). In
+R's basis every coordinate is an independent Gaussian path with variance m_t^2 = sigma_t^2 + t^2 s^2,
 sigma_t = 1 - (1 - sigma_min) t, and the optimal (marginal) velocity E[x1 - (1 - sigma_min) x0 | x_t = x] is
     v(x, t) = mu + R diag((t s^2 - (1 - sigma_min) sigma_t) / m_t^2) R^T (x - t mu),
 whose flow carries N(0, I) to the data convolved with N(0, sigma_min^2 I) at t = 1.

@@ -13,8 +13,8 @@ Log-likelihood, by the instantaneous change of variables (Chen et al. 2018, Grat
 
 with z the image carried from t_data to t_noise (either may be the larger time; the integral is signed). The
 divergence is exact (one reverse pass per dimension: for small images) or Hutchinson's estimate
-eps^T (dv/dx) eps with Rademacher probes eps drawn once per image and kept along its one trajectory; each probe
-gives an unbiased estimate of the same integral, and their spread gives the estimate's standard error.
+eps^T (dv/dx) eps with Rademacher probes eps drawn once per image and kept along its one trajectory; each
+probe gives an unbiased estimate of the same integral, and their spread gives the estimate's standard error.
 """
 
 from __future__ import annotations
@@ -60,20 +60,21 @@ class Solution:
 @dataclass
 class LogLikelihood:
     log_prob: Tensor  # (B,) log-density of x under the ODE model, in nats (mean over the probes)
-    std_error: Tensor  # (B,) its standard error over the probes: 0 with the exact divergence, nan with 1 probe
+    std_error: Tensor  # (B,) its standard error over the probes (exact divergence: 0; one probe: nan)
     z: Tensor  # x carried to t_noise
     nfe: Tensor  # (B,) velocity evaluations (each also has one reverse pass per probe or dimension)
 
 
-def solve(velocity: Velocity, x: Tensor, t_start: float, t_end: float, *, solver: str = "heun", steps: int = 100,
-          rtol: float = 1e-5, atol: float = 1e-5) -> Solution:
+def solve(velocity: Velocity, x: Tensor, t_start: float, t_end: float, *, solver: str = "heun",
+          steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5) -> Solution:
     """Carry x (B, ...) from t_start to t_end along dx/dt = velocity(x, t)."""
     shape = x.shape[1:]
 
     def dynamics(y: Tensor, t: Tensor, index: Tensor) -> Tensor:
         return velocity(y.view(-1, *shape), t).flatten(1)
 
-    y, nfe = integrate(dynamics, x.flatten(1), t_start, t_end, solver=solver, steps=steps, rtol=rtol, atol=atol)
+    y, nfe = integrate(dynamics, x.flatten(1), t_start, t_end, solver=solver, steps=steps, rtol=rtol,
+                       atol=atol)
     return Solution(y.view_as(x), nfe)
 
 
@@ -87,7 +88,8 @@ def log_likelihood(velocity: Velocity, x: Tensor, *, t_data: float = 1.0, t_nois
     if probes is not None:
         if probes < 1:
             raise ValueError(f"probes must be >= 1 (None: the exact divergence), got {probes}")
-        eps = torch.randint(0, 2, (batch, probes, dims), generator=generator, device=x.device).to(x.dtype) * 2 - 1
+        signs = torch.randint(0, 2, (batch, probes, dims), generator=generator, device=x.device)
+        eps = signs.to(x.dtype) * 2 - 1
 
     def dynamics(y: Tensor, t: Tensor, index: Tensor) -> Tensor:
         with torch.enable_grad():  # evaluation runs under no_grad; the divergence needs dv/dx
@@ -203,7 +205,7 @@ def _dormand_prince(f: Dynamics, y: Tensor, t_start: float, t_end: float, rtol: 
         factor = torch.where(accept, factor, factor.clamp_max(1.0))
         h[active] = ha.abs() * factor
         if (h[active] < 1e-10 * abs(span)).any():
-            raise RuntimeError("the adaptive ODE solver's step size underflowed (a non-finite or stiff velocity)")
+            raise RuntimeError("the adaptive ODE step size underflowed (a non-finite or stiff field)")
     raise RuntimeError(f"the adaptive ODE solver took more than {max_steps} steps: loosen its tolerance")
 
 
