@@ -1,6 +1,7 @@
-"""Exact checks of the autoregressive family (PixelCNN, Gated PixelCNN, PixelRNN's two layers, MADE): causality
-(exhaustively, by full Jacobians), the receptive fields (the blind spot, the Row LSTM's triangle, full cover),
-normalisation over every image, the samplers' shortcuts, the uniform-output baseline, and config errors."""
+"""Exact checks of the autoregressive family (PixelCNN, Gated PixelCNN, PixelRNN's two layers, MADE, the pixel
+Transformer): causality (exhaustively, by full Jacobians), the receptive fields (the blind spot, the Row LSTM's
+triangle, full cover), normalisation over every image, the samplers' shortcuts, the uniform-output baseline, and
+config errors."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gentrain.errors import ConfigError
 from gentrain.models.autoregressive import AutoregressiveNetwork, PixelOutput, SamplingSession
 from gentrain.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from gentrain.models.made import MADE, MADEConfig
+from gentrain.models.pixel_transformer import PixelTransformer, PixelTransformerConfig
 from gentrain.models.pixelcnn import PixelCNN, PixelCNNConfig
 from gentrain.models.pixelrnn import PixelRNN, PixelRNNConfig
 from gentrain.models.schemas.autoregressive import RecurrentLayer
@@ -32,6 +34,8 @@ VARIANTS = {  # name: (model, config class, its small test settings)
     "row_lstm": (PixelRNN, PixelRNNConfig, RNN | {"layer": RecurrentLayer.row_lstm}),
     "diagonal_bilstm": (PixelRNN, PixelRNNConfig, RNN | {"layer": RecurrentLayer.diagonal_bilstm}),
     "made": (MADE, MADEConfig, dict(hidden=[60, 60], num_masks=3)),
+    "pixel_transformer": (PixelTransformer, PixelTransformerConfig,
+                          dict(hidden_channels=16, num_layers=2, num_heads=2, head_channels=24)),
 }
 CONVOLUTIONAL = ["pixelcnn", "gated_pixelcnn"]
 SIZE = 5  # exhaustive checks on 5x5 images
@@ -65,8 +69,17 @@ def dependence(model, images: int = 6) -> torch.Tensor:
         return model.network(image[None], class_bias)[0]
 
     label_ids = torch.zeros(images, dtype=torch.long) if labels is None else labels
-    jacobians = torch.func.vmap(torch.func.jacfwd(outputs))(x, label_ids)  # (N, P, H, W, C, H, W)
-    return jacobians.abs().sum(0) > 0
+    if not isinstance(model, PixelTransformer):
+        jacobians = torch.func.vmap(torch.func.jacfwd(outputs))(x, label_ids)  # (N, P, H, W, C, H, W)
+        return jacobians.abs().sum(0) > 0
+    # Fused attention has no forward-mode derivatives: one backward pass per output, summed over the images
+    # (each image's gradient lands in its own slot, the images being independent).
+    x.requires_grad_(True)
+    params = model.network(x, model.network.embed_labels(labels))  # (N, P, H, W)
+    out = params.flatten(1)
+    rows = [torch.autograd.grad(out[:, k].sum(), x, retain_graph=True)[0].abs().sum(0)
+            for k in range(out.shape[1])]
+    return (torch.stack(rows) > 0).view(*params.shape[1:], *x.shape[1:])
 
 
 def allowed_inputs(model, num_params: int) -> torch.Tensor:
@@ -123,7 +136,7 @@ def check_ordering(model, variant: str, channels: int) -> None:
         same_pixel = torch.stack([field[:, i, j, :, i, j] for i, j in pixels], dim=1)  # (colour, pixel, C)
         assert same_pixel[1].all(0).tolist() == [True, False, False]
         assert same_pixel[2].all(0).tolist() == [True, True, False]
-    if variant in ("gated_pixelcnn", "diagonal_bilstm"):
+    if variant in ("gated_pixelcnn", "diagonal_bilstm", "pixel_transformer"):
         # No blind spot: every output position sees every sub-pixel the ordering allows.
         first_of_colour = torch.stack([(colour == c).nonzero()[0, 0] for c in range(len(field))])
         missing = allowed[first_of_colour] & ~field
@@ -314,6 +327,8 @@ def test_the_caching_sampler_uses_the_whole_networks_parameters(variant, channel
     *[(variant, 1, PixelOutput.bernoulli) for variant in VARIANTS],
     ("row_lstm", 3, PixelOutput.bernoulli), ("diagonal_bilstm", 3, PixelOutput.bernoulli), ("made", 3, PixelOutput.bernoulli),
     ("diagonal_bilstm", 1, PixelOutput.softmax), ("made", 1, PixelOutput.logistic_mixture),
+    ("pixel_transformer", 3, PixelOutput.bernoulli), ("pixel_transformer", 1, PixelOutput.softmax),
+    ("pixel_transformer", 1, PixelOutput.logistic_mixture),
 ])
 def test_probabilities_of_every_possible_image_sum_to_one(variant, channels, output):
     """Normalisation, exhaustively: on 2x2 images every one of the levels ** (C * 4) images is scored, and the

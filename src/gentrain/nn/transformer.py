@@ -1,0 +1,72 @@
+"""A decoder-only Transformer block for autoregressive models: pre-norm (as GPT-2), causal self-attention
+through PyTorch's fused `scaled_dot_product_attention`, and a key/value cache, so that a sampler computes each
+new position once and reads every earlier one from the cache.
+
+Training and sampling run the same `forward`: a whole sequence (no cache), or the next positions of one whose
+earlier keys and values the cache holds.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class KeyValueCache:
+    """The keys and values of the positions computed so far, in tensors of the whole sequence's length
+    (B, heads, positions, head_dim): appending writes in place, nothing is reallocated."""
+
+    def __init__(self, batch: int, heads: int, positions: int, head_dim: int, like: Tensor):
+        self.keys = like.new_zeros(batch, heads, positions, head_dim)
+        self.values = torch.zeros_like(self.keys)
+        self.length = 0  # positions held
+
+    def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the keys and values of the next positions; -> those of every position held (new ones too)."""
+        start, end = self.length, self.length + keys.shape[2]
+        self.keys[:, :, start:end] = keys
+        self.values[:, :, start:end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class TransformerBlock(nn.Module):
+    """x + attention(norm(x)), then x + MLP(norm(x)); each position attends to itself and the positions
+    before it. `dropout` applies, in training, to the attention weights and to both residual branches."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int, dropout: float):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"a width of {width} does not split into {heads} heads")
+        self.heads, self.dropout = heads, dropout
+        self.attention_norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.attention_out = nn.Linear(width, width)
+        self.mlp_norm = nn.LayerNorm(width)
+        inner = mlp_ratio * width
+        self.mlp = nn.Sequential(nn.Linear(width, inner), nn.GELU(), nn.Linear(inner, width))
+        self.residual_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, cache: Optional[KeyValueCache] = None) -> Tensor:
+        """x (B, L, width) at positions start .. start + L - 1, where start is what `cache` holds (0 without
+        one) -> (B, L, width)."""
+        batch, length, width = x.shape
+        qkv = self.qkv(self.attention_norm(x)).view(batch, length, 3, self.heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, L, head_dim)
+        start = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.append(k, v)
+        # From position 0 the fused kernel's own causal mask is right; after cached positions its mask would
+        # be aligned to the top left, so new positions get an explicit one (one new position sees them all).
+        mask = torch.ones(length, start + length, dtype=torch.bool, device=x.device).tril(start) \
+            if start and length > 1 else None
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=start == 0 and length > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        attended = attended.transpose(1, 2).reshape(batch, length, width)
+        x = x + self.residual_dropout(self.attention_out(attended))
+        return x + self.residual_dropout(self.mlp(self.mlp_norm(x)))
