@@ -32,16 +32,16 @@ class GaussianData:
         return GaussianData(mu, s, rotation, sigma_min)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
-        flat, t = x.flatten(1), t[:, None].to(x.dtype)
+        flat, t = x.flatten(1).to(self.mu.dtype), t[:, None].to(self.mu.dtype)
         mu_w, w = self.mu @ self.rotation, flat @ self.rotation  # coordinates in the eigenbasis
         sigma_t = 1 - (1 - self.sigma_min) * t
         variance = sigma_t ** 2 + t ** 2 * self.s ** 2
         v_w = mu_w + (t * self.s ** 2 - (1 - self.sigma_min) * sigma_t) / variance * (w - t * mu_w)
-        return (v_w @ self.rotation.T).view_as(x)
+        return (v_w @ self.rotation.T).view_as(x).to(x.dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log-density at t = 1 (the data convolved with N(0, sigma_min^2 I)), (B,)."""
-        w = (x.flatten(1) - self.mu) @ self.rotation
+        w = (x.flatten(1).to(self.mu.dtype) - self.mu) @ self.rotation
         variance = self.s ** 2 + self.sigma_min ** 2
         return -0.5 * (w ** 2 / variance + torch.log(2 * math.pi * variance)).sum(1)
 
@@ -54,12 +54,13 @@ class GaussianData:
 
 
 class AnalyticVelocity(nn.Module):
-    """The optimal velocity as a network (forward(x, t, labels)), to stand in for a model's U-Net."""
+    """The optimal velocity as a network (forward(x, t, labels), t on the network's time scale), to stand in
+    for a model's U-Net."""
 
-    def __init__(self, data: GaussianData):
+    def __init__(self, data: GaussianData, time_scale: float = 1.0):
         super().__init__()
-        self.data = data
-        self.unused = nn.Parameter(torch.zeros(()))  # models find their device and dtype from a parameter
+        self.data, self.time_scale = data, time_scale
+        self.unused = nn.Parameter(torch.zeros(()))  # models find their device from a parameter
 
     def forward(self, x: Tensor, t: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-        return self.data.velocity(x, t.to(x.dtype))
+        return self.data.velocity(x, t / self.time_scale)
