@@ -15,6 +15,9 @@ with z the image carried from t_data to t_noise (either may be the larger time; 
 divergence is exact (one reverse pass per dimension: for small images) or Hutchinson's estimate
 eps^T (dv/dx) eps with Rademacher probes eps drawn once per image and kept along its one trajectory; each
 probe gives an unbiased estimate of the same integral, and their spread gives the estimate's standard error.
+
+`VPProbabilityFlow` turns a DDPM's noise prediction into such a velocity, so that diffusion models get the
+same likelihood.
 """
 
 from __future__ import annotations
@@ -221,3 +224,40 @@ def _initial_step(f: Dynamics, y: Tensor, t: Tensor, k1: Tensor, index: Tensor, 
     h1 = torch.where(biggest <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
                      (0.01 / biggest).pow(0.2))
     return torch.minimum(100 * h0, h1).clamp_max(span)
+
+
+# --- a diffusion model's probability-flow ODE -----------------------------------------------------------
+class VPProbabilityFlow:
+    """The probability-flow ODE (Song et al. 2021) of a discrete-time variance-preserving diffusion (DDPM)
+    with noise levels alpha_bar (T,), as a velocity in the continuous step index s in [0, T - 1] (the
+    network's time input): between steps, log alpha_bar is linear in s, and with g(s) = d log alpha_bar / ds
+        dx/ds = g(s) / 2 * (x - eps(x, s) / sqrt(1 - alpha_bar(s))).
+    `eps(x, s)` predicts the noise (a model predicting x0 or v converts with `alpha_bar_at(s)`). Its density
+    at s = 0 (the first noise level) is a density like any other, so its dequantized bound on the discrete NLL
+    is an upper bound too (of the model "y at s = 0, then quantized"); the prior at s = T - 1 is N(0, I)."""
+
+    def __init__(self, eps: Velocity, alpha_bar: Tensor):
+        self.eps = eps
+        self.log_alpha_bar = alpha_bar.double().log()
+
+    def _segment(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        table = self.log_alpha_bar.to(s.device)
+        s = s.double().clamp(0, len(table) - 1)
+        k = s.floor().long().clamp_max(len(table) - 2)
+        slope = table[k + 1] - table[k]
+        return table[k] + slope * (s - k), slope
+
+    def alpha_bar_at(self, s: Tensor) -> Tensor:
+        """alpha_bar at continuous step indices s (B,), log-linear between the steps."""
+        return self._segment(s)[0].exp()
+
+    def __call__(self, x: Tensor, s: Tensor) -> Tensor:
+        log_alpha_bar, slope = self._segment(s)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        g = slope.to(x.dtype).view(shape)
+        sigma = (-log_alpha_bar.exp()).log1p().exp().sqrt().to(x.dtype).view(shape)  # sqrt(1 - alpha_bar)
+        return 0.5 * g * (x - self.eps(x, s) / sigma)
+
+    def log_likelihood(self, x: Tensor, **solver: object) -> LogLikelihood:
+        """log p(x) of the model's density at s = 0: the ODE from s = 0 to s = T - 1 (see log_likelihood)."""
+        return log_likelihood(self, x, t_data=0.0, t_noise=float(len(self.log_alpha_bar) - 1), **solver)
