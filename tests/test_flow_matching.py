@@ -176,6 +176,42 @@ def test_guidance_mixes_the_labelled_and_unlabelled_velocity_and_labels_are_drop
     assert abs(dropped - 0.5) < 0.05 and set(seen[0].tolist()) == {3, 10}
 
 
+class LabelledField(torch.nn.Module):
+    """A smooth velocity that depends on the label (label 10: none), in place of a conditional U-Net."""
+
+    null_label = 10
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels = torch.full(t.shape, self.null_label) if labels is None else labels
+        rate = (1 + labels / 10) * torch.cos(t / TIME_SCALE)
+        return -x * rate.view(-1, 1, 1, 1)
+
+
+def test_a_conditional_model_solves_each_image_with_its_own_label():
+    """The adaptive solver evaluates only the images still under way: each keeps its own label."""
+    data = DataInfo(1, 8, 8, 256, 10)
+    model = build(data, conditional=True, solver=ODESolver.adaptive, likelihood_solver=ODESolver.adaptive,
+                  guidance_scale=2.0)
+    model.network = LabelledField()
+    labels = torch.tensor([0, 5, 9])
+    together = model.sample(3, labels=labels, generator=torch.Generator().manual_seed(0))
+    alone = model.sample(1, labels=labels[1:2], generator=torch.Generator().manual_seed(0))
+    first = model.sample(1, labels=labels[:1], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(together[:1], first)
+    assert together.shape == (3, 1, 8, 8) and not torch.equal(alone, first)  # the label matters
+    x = (together * 255).to(torch.uint8)
+    torch.manual_seed(1)
+    nll, _, nfe = model.ode_nll(Batch(x, labels))
+    torch.manual_seed(1)
+    single, _, _ = model.ode_nll(Batch(x[:1], labels[:1]))
+    torch.testing.assert_close(nll[:1], single, rtol=1e-5, atol=1e-3)
+    assert torch.isfinite(nll).all() and (nfe > 1).all()
+
+
 def test_config_errors_are_explained():
     with pytest.raises(ConfigError, match="model.conditional=true needs class labels"):
         FlowMatching(FlowMatchingConfig(**TINY, conditional=True), DataInfo(1, 8, 8, 256, None))

@@ -107,8 +107,8 @@ class FlowMatching(GenerativeModel, config=FlowMatchingConfig):
         # fp32 whatever trainer.precision: the solver's error control and the divergence need it
         with torch.autocast(y.device.type, enabled=False):
             result = log_likelihood(
-                lambda x, t: self.velocity(x, t, labels).float(), y, t_data=1.0, t_noise=0.0,
-                probes=self.divergence_probes,
+                lambda x, t, *labels: self.velocity(x, t, *labels).float(), y, t_data=1.0, t_noise=0.0,
+                probes=self.divergence_probes, condition=labels,
                 **self.solver_settings(self.cfg.likelihood_solver, self.cfg.likelihood_steps),
             )
         dims = self.data.num_dims
@@ -191,8 +191,9 @@ class FlowMatching(GenerativeModel, config=FlowMatchingConfig):
         d = self.data
         noise = torch.randn(n, d.channels, d.height, d.width, generator=generator, device=self.device)
         with torch.autocast(noise.device.type, enabled=False):
-            solution = solve(lambda x, t: self.velocity(x, t, labels, self.cfg.guidance_scale).float(), noise,
-                             0.0, 1.0, **self.solver_settings(self.cfg.solver, self.cfg.steps))
+            guided = lambda x, t, labels=None: self.velocity(x, t, labels, self.cfg.guidance_scale).float()
+            solution = solve(guided, noise, 0.0, 1.0, condition=labels,
+                             **self.solver_settings(self.cfg.solver, self.cfg.steps))
         self.last_sampling_nfe = float(solution.nfe.float().mean())
         u = (solution.x + 1) / 2
         return (u * d.levels).floor().clamp(0, d.levels - 1) / (d.levels - 1)

@@ -31,7 +31,9 @@ from torch import Tensor
 
 from gentrain.nn.flows import standard_normal_log_prob
 
-Velocity = Callable[[Tensor, Tensor], Tensor]  # v(x (B, ...), t (B,)) -> (B, ...)
+# v(x (B, ...), t (B,)) -> (B, ...); with a `condition` (per-image inputs such as class labels), the rows of
+# it that belong to x come third: the adaptive solver evaluates only the images still under way
+Velocity = Callable[..., Tensor]
 SOLVERS = ("euler", "heun", "adaptive")
 
 # Dormand-Prince 5(4) (Hairer, Norsett & Wanner, Solving ODEs I, table 5.2): nodes, stages, the 5th-order
@@ -69,12 +71,13 @@ class LogLikelihood:
 
 
 def solve(velocity: Velocity, x: Tensor, t_start: float, t_end: float, *, solver: str = "heun",
-          steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5) -> Solution:
-    """Carry x (B, ...) from t_start to t_end along dx/dt = velocity(x, t)."""
+          steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
+          condition: Optional[Tensor] = None) -> Solution:
+    """Carry x (B, ...) from t_start to t_end along dx/dt = velocity(x, t[, condition])."""
     shape = x.shape[1:]
 
     def dynamics(y: Tensor, t: Tensor, index: Tensor) -> Tensor:
-        return velocity(y.view(-1, *shape), t).flatten(1)
+        return _call(velocity, y.view(-1, *shape), t, condition, index).flatten(1)
 
     y, nfe = integrate(dynamics, x.flatten(1), t_start, t_end, solver=solver, steps=steps, rtol=rtol,
                        atol=atol)
@@ -84,7 +87,8 @@ def solve(velocity: Velocity, x: Tensor, t_start: float, t_end: float, *, solver
 def log_likelihood(velocity: Velocity, x: Tensor, *, t_data: float = 1.0, t_noise: float = 0.0,
                    solver: str = "adaptive", steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
                    probes: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                   prior_log_prob: Callable[[Tensor], Tensor] = standard_normal_log_prob) -> LogLikelihood:
+                   prior_log_prob: Callable[[Tensor], Tensor] = standard_normal_log_prob,
+                   condition: Optional[Tensor] = None) -> LogLikelihood:
     """log p(x) of the density the ODE carries from the prior at t_noise to t_data (B,): the exact divergence
     when `probes` is None, else Hutchinson's estimate with that many Rademacher probes per image."""
     batch, shape, dims = x.shape[0], x.shape[1:], x[0].numel()
@@ -97,7 +101,7 @@ def log_likelihood(velocity: Velocity, x: Tensor, *, t_data: float = 1.0, t_nois
     def dynamics(y: Tensor, t: Tensor, index: Tensor) -> Tensor:
         with torch.enable_grad():  # evaluation runs under no_grad; the divergence needs dv/dx
             point = y[:, :dims].detach().view(-1, *shape).requires_grad_(True)
-            v = velocity(point, t).flatten(1)
+            v = _call(velocity, point, t, condition, index).flatten(1)
             if probes is None:
                 divergence = exact_divergence(v, point)[:, None]
             else:
@@ -115,6 +119,10 @@ def log_likelihood(velocity: Velocity, x: Tensor, *, t_data: float = 1.0, t_nois
     else:
         std_error = per_probe.std(1) / math.sqrt(probes)
     return LogLikelihood(per_probe.mean(1), std_error, z, nfe)
+
+
+def _call(velocity: Velocity, x: Tensor, t: Tensor, condition: Optional[Tensor], index: Tensor) -> Tensor:
+    return velocity(x, t) if condition is None else velocity(x, t, condition[index])
 
 
 def exact_divergence(v: Tensor, x: Tensor) -> Tensor:
