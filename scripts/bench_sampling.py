@@ -6,13 +6,16 @@ shapes.
            the current pixel only (the convolutional and recurrent networks)
   cached   gentrain's sampler: the PixelCNN family keeps the maps of every layer and computes each layer at the
            current pixel only (Ramachandran et al., 2017); PixelRNN keeps every layer's states and cells and
-           computes one step of each LSTM per pixel; MADE computes the current pixel's output units only. The
-           same distribution: tests/test_autoregressive.py checks the same images for a seed and the parameters
-           of the whole network within 1e-5
+           computes one step of each LSTM per pixel; MADE computes the current pixel's output units only; the
+           pixel Transformer runs each pixel's token once through its blocks, with every earlier key and value
+           cached. The same distribution: tests/test_autoregressive.py checks the same images for a seed and
+           the parameters of the whole network within 1e-5
 
     python scripts/bench_sampling.py                                 # every model's default config
     python scripts/bench_sampling.py --models row_lstm --batches 16  # one model, one batch size
     OMP_NUM_THREADS=1 python scripts/bench_sampling.py               # on a shared CPU
+    python scripts/bench_sampling.py --models pixel_transformer --shapes binarized_mnist --batches 16 \
+        --overrides model.hidden_channels=128 model.num_layers=6        # another size of a model
 
 The weights are untrained (the speed does not depend on them). The window and cached samplers draw whole images;
 the naive one, which needs minutes per image, draws the last --rows rows and its rate is scaled to whole images
@@ -31,13 +34,15 @@ from gentrain.composition import build_model, compose, to_config
 from gentrain.data.schemas import DataInfo
 from gentrain.models.autoregressive import AutoregressiveNetwork, CausalNetwork, SamplingSession
 
-SHAPES = {"mnist": DataInfo(1, 28, 28, 256, 10), "cifar10": DataInfo(3, 32, 32, 256, 10)}
+SHAPES = {"mnist": DataInfo(1, 28, 28, 256, 10), "cifar10": DataInfo(3, 32, 32, 256, 10),
+          "binarized_mnist": DataInfo(1, 28, 28, 2, 10)}
 MODELS = {
     "pixelcnn": ["model=pixelcnn"],
     "gated_pixelcnn": ["model=gated_pixelcnn"],
     "row_lstm": ["model=pixelrnn", "model.layer=row_lstm"],
     "diagonal_bilstm": ["model=pixelrnn", "model.layer=diagonal_bilstm"],
     "made": ["model=made"],
+    "pixel_transformer": ["model=pixel_transformer"],
 }
 
 
@@ -76,9 +81,10 @@ def seconds_per_image(model, batch: int, rows: int, device: torch.device) -> flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="*", default=["mnist", "cifar10"], choices=list(SHAPES))
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 16, 64])
     parser.add_argument("--samplers", nargs="*", default=["naive", "window", "cached"])
+    parser.add_argument("--overrides", nargs="*", default=[], help="config overrides for every model")
     parser.add_argument("--rows", type=int, default=2, help="rows the naive sampler draws (its rate is scaled)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -91,7 +97,8 @@ def main() -> None:
     for name in args.models:
         for shape in args.shapes:
             torch.manual_seed(0)
-            model = build_model(to_config(compose(MODELS[name])).model, SHAPES[shape]).to(device).eval()
+            config = to_config(compose([*MODELS[name], *args.overrides]))
+            model = build_model(config.model, SHAPES[shape]).to(device).eval()
             for batch in args.batches:
                 rates = {}
                 for sampler in args.samplers:

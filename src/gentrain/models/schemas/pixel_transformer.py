@@ -17,8 +17,8 @@ class PixelTransformerConfig(PixelOutputConfig):
     output heads (model.output); model.conditional adds a learned per-class vector to the residual stream
     before every block."""
 
-    hidden_channels: int = setting(128, min=1, max=8192)  # d: the width of the tokens and the residual stream
-    num_layers: int = setting(6, min=1, max=1000)  # Transformer blocks
+    hidden_channels: int = setting(64, min=1, max=8192)  # d: the width of the tokens and the residual stream
+    num_layers: int = setting(4, min=1, max=1000)  # Transformer blocks
     num_heads: int = setting(4, min=1, max=1024)  # attention heads (hidden_channels must be a multiple)
     mlp_ratio: int = setting(4, min=1, max=64)  # each block's MLP is mlp_ratio * hidden_channels wide
     dropout: float = setting(0.0, min=0.0, below=1.0)  # in training: on attention weights, residual branches
