@@ -98,22 +98,30 @@ class Evaluator:
         bounded = 0 if not final else n if self.final_images is None else min(n, self.final_images)
         sums: dict[str, Tensor] = {}
         counts: dict[str, int] = {}
+        squares: dict[str, Tensor] = {}  # of the model's standard_errors values
         # Every shard is evaluated with the buffers the checkpoints hold, rank 0's, so that a restarted run (and
         # gentrain-eval) gets the same numbers.
         distributed.broadcast_buffers(self.model)
         with self.eval_mode():
             for start, stop, expensive in ((0, bounded, True), (bounded, n, False)):
                 if stop > start:
-                    self._accumulate(split_name, start, stop, expensive, sums, counts)
+                    self._accumulate(split_name, start, stop, expensive, sums, counts, squares)
             counted = {name: torch.tensor(float(counts[name]), device=self.device) for name in sums}
             for name in sorted(sums):  # the same order on every process
                 distributed.all_reduce_sum(sums[name])
                 distributed.all_reduce_sum(counted[name])
+                if name in squares:
+                    distributed.all_reduce_sum(squares[name])
             self.covered[split_name] = {name: int(count) for name, count in counted.items()}
-            return self.model.summarize({name: sums[name] / counted[name] for name in sums})
+            metrics = self.model.summarize({name: sums[name] / counted[name] for name in sums})
+            for name, square in squares.items():
+                count, mean = counted[name], sums[name] / counted[name]
+                variance = (square / count - mean ** 2).clamp(min=0) * count / (count - 1).clamp(min=1)
+                metrics[f"{name}_stderr"] = float((variance / count).sqrt())
+            return metrics
 
     def _accumulate(self, split_name: str, start: int, stop: int, final: bool, sums: dict[str, Tensor],
-                    counts: dict[str, int]) -> None:
+                    counts: dict[str, int], squares: dict[str, Tensor]) -> None:
         """Add the per-image values of images [start, stop) of the split (this process's shard) to the sums."""
         parallel = distributed.context()
         batches = eval_batches(getattr(self.dataset, split_name), self.batch_size, use_labels=self.use_labels,
@@ -134,6 +142,8 @@ class Evaluator:
             for name, value in values.items():
                 sums[name] = sums.get(name, 0) + value.detach().float().sum(0)
                 counts[name] = counts.get(name, 0) + len(batch)
+                if name in self.model.standard_errors:
+                    squares[name] = squares.get(name, 0) + value.detach().float().pow(2).sum(0)
 
     def sample_quality(self) -> dict[str, float]:
         """FID / KID of the model's samples when configured (computed by the main process), else nothing."""

@@ -63,6 +63,9 @@ class GenerativeModel(nn.Module):
     # What evaluate(final=True) of one image costs, in training images: sizes the end-of-run bounds' test images
     # to the run (TrainerConfig.final_images_for)
     final_cost: float = 1.0
+    # Per-image values of evaluate() that are random estimates (a sampled diffusion step): the evaluator also
+    # reports <name>_stderr, the standard error of their mean over the images
+    standard_errors: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, config: Optional[type] = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

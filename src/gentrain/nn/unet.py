@@ -195,7 +195,7 @@ class UNet(nn.Module):
             emb = self.fourier_time(t)
         else:
             emb = sinusoidal_embedding(t, self.time_mlp[0].in_features)
-        emb = self.time_mlp(emb)
+        emb = self.time_mlp(emb.to(self.time_mlp[0].weight.dtype))
         if self.label_emb is not None:
             if labels is None:
                 labels = torch.full(t.shape, self.null_label, dtype=torch.long, device=t.device)

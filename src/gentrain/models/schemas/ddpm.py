@@ -1,0 +1,84 @@
+"""Options of the denoising diffusion model (gentrain/models/ddpm.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar, Iterator
+
+from gentrain.config import OptimizerConfig, setting
+from gentrain.registry import model_config
+
+
+class NoiseSchedule(Enum):
+    linear = "linear"  # Ho et al.: betas linear from beta_start to beta_end (given for T = 1000)
+    cosine = "cosine"  # Nichol & Dhariwal: abar_t = cos^2((t / T + s) / (1 + s) pi / 2) / (same at t = 0)
+
+
+class Prediction(Enum):
+    eps = "eps"  # the noise (Ho et al.)
+    x0 = "x0"  # the clean image
+    v = "v"  # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho, 2022)
+
+
+class ReverseVariance(Enum):
+    fixed_large = "fixed_large"  # sigma_t^2 = beta_t
+    fixed_small = "fixed_small"  # sigma_t^2 = beta~_t, the variance of q(x_{t-1} | x_t, x_0)
+    learned = "learned"  # interpolated between the two in the log domain by the network (Nichol & Dhariwal)
+
+
+class Objective(Enum):
+    simple = "simple"  # L_simple: the mean squared error of the prediction (Ho et al.)
+    # L_simple + vlb_weight * L_vlb, the bound through the variances only (Nichol & Dhariwal)
+    hybrid = "hybrid"
+
+
+class Sampler(Enum):
+    ancestral = "ancestral"  # p(x_{t-1} | x_t) step by step (fewer steps than T: the respaced chain)
+    ddim = "ddim"  # Song et al.'s DDIM with ddim_eta (0: deterministic; 1: the ancestral sampler with beta~)
+
+
+@model_config("ddpm")
+@dataclass
+class DDPMConfig:
+    timesteps: int = setting(1000, min=2, max=100_000)  # T
+    schedule: NoiseSchedule = NoiseSchedule.linear
+    beta_start: float = setting(1e-4, above=0, below=1)  # linear: beta_1 and beta_T for T = 1000, scaled by
+    beta_end: float = setting(0.02, above=0, below=1)  # 1000 / T for other T
+    cosine_offset: float = setting(0.008, min=0, max=1)  # s of the cosine schedule
+    prediction: Prediction = Prediction.eps
+    variance: ReverseVariance = ReverseVariance.fixed_large
+    objective: Objective = Objective.simple
+    vlb_weight: float = setting(0.001, above=0, max=1e3)  # lambda of the hybrid objective
+    # The U-Net (gentrain/nn/unet.py): base_channels * channel_mult[i] feature maps at level i
+    # (small defaults, for a quick start on a CPU; experiment=ddpm_cifar10 has the paper's 35.7M parameters)
+    base_channels: int = setting(32, min=1, max=4096)
+    channel_mult: list[int] = setting(factory=lambda: [1, 2, 2], min_items=1, min=1, max=64)
+    num_res_blocks: int = setting(2, min=1, max=64)
+    attention_resolutions: list[int] = setting(factory=lambda: [16], min=1, max=65536)  # image sides
+    attention_heads: int = setting(1, min=1, max=64)
+    dropout: float = setting(0.1, min=0, below=1)
+    conditional: bool = False  # class labels in, with classifier-free guidance
+    label_dropout: float = setting(0.1, min=0, max=1)  # conditional: share of training labels set to "none"
+    guidance_scale: float = setting(1.0, min=0, max=100)  # eps_none + scale (eps_label - eps_none); 1: none
+    sampler: Sampler = Sampler.ancestral
+    sampling_steps: int = setting(1000, min=1, max=100_000)  # S, at most T (a larger value means T)
+    ddim_eta: float = setting(0.0, min=0, max=1)
+    clip_denoised: bool = True  # samplers clip their x_0 estimate to [-1, 1] (never the bound)
+    full_bound: bool = False  # end-of-run test bound: the sum over all T steps (T network calls per image)
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-4))  # Ho et al.
+
+    # How it samples or is evaluated, not what the weights mean: gentrain-eval may change them
+    mutable: ClassVar[frozenset[str]] = frozenset({
+        "guidance_scale", "sampler", "sampling_steps", "ddim_eta", "clip_denoised", "full_bound",
+        "vlb_weight", "label_dropout"})
+    evaluation_budget: ClassVar[frozenset[str]] = frozenset({"sampling_steps"})
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        learned = self.variance is ReverseVariance.learned
+        if (self.objective is Objective.hybrid) != learned:
+            yield (f"{prefix}objective={self.objective.value} with {prefix}variance={self.variance.value}: "
+                   f"the hybrid objective is what trains learned variances; use both or neither")
+        if self.schedule is NoiseSchedule.linear and self.beta_end * 1000 / self.timesteps >= 1:
+            yield (f"{prefix}timesteps={self.timesteps} scales the linear schedule's beta_end to "
+                   f"{self.beta_end * 1000 / self.timesteps:.3g} >= 1: raise it")
