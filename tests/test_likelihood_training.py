@@ -24,6 +24,7 @@ TINY = {
     "made": ["model.hidden=[64]"],
     "pixel_transformer": ["model.hidden_channels=16", "model.num_layers=2", "model.num_heads=2",
                           "model.head_channels=16"],
+    "pixelcnnpp": ["model.num_filters=8", "model.num_blocks=1", "model.dropout=0"],
 }
 # 12x12 MNIST keeps the pixel-by-pixel sample grids of every evaluation cheap.
 QUICK = [
@@ -47,6 +48,7 @@ def val_curve(run_dir) -> list[float]:
     ("pixelrnn", ["model.layer=row_lstm"]),
     ("made", ["model.num_masks=2"]),
     ("pixel_transformer", ["model.conditional=true"]),
+    ("pixelcnnpp", ["model.conditional=true"]),
 ])
 def test_models_train_on_mnist_with_falling_finite_bits_per_dim(tmp_path, shared_data, model, extra):
     result = train_in_process(tmp_path, f"model={model}", *TINY[model], *QUICK, *extra)
@@ -103,6 +105,9 @@ CIFAR10, BINARIZED_MNIST = DataInfo(3, 32, 32, 256, 10), DataInfo(1, 28, 28, 2, 
     ("pixel_transformer_cifar10", (50e6, 100e6), CIFAR10),
     ("pixel_transformer_cpu", (1e4, 1e6), CIFAR10),
     ("hour_pixel_transformer_binarized_mnist", (1e4, 1e6), BINARIZED_MNIST),
+    ("pixelcnnpp_cifar10", (40e6, 80e6), CIFAR10),
+    ("pixelcnnpp_cpu", (1e4, 1e6), CIFAR10),
+    ("hour_pixelcnnpp_mnist", (1e5, 1e7), DataInfo(1, 28, 28, 256, 10)),
 ])
 def test_experiment_presets_build_and_run_a_loss_shape_check(preset, params, data):
     """The presets compose, build on their data's shape, and a loss runs through them (on the meta device:

@@ -69,10 +69,13 @@ def test_shifted_layers_read_what_their_docstrings_say(right):
     down = ShiftedConv2d(2, 3, (2, 2) if right else (2, 3), right=right, stride=2).double()
     up = ShiftedConvTranspose2d(2, 3, right=right).double()
     x = torch.randn(1, 2, 8, 8, dtype=torch.double)
-    for layer, out_size, reads in [
-        (down, 4, lambda p, q: ({2 * p - 1, 2 * p}, {2 * q - 1, 2 * q} if right else {2 * q - 1, 2 * q, 2 * q + 1})),
-        (up, 16, lambda r, c: ({r // 2}, {c // 2} if right else {q for q in range(8) if 2 * q - 1 <= c <= 2 * q + 1})),
-    ]:
+    def strided(p, q):
+        return {2 * p - 1, 2 * p}, {2 * q - 1, 2 * q} if right else {2 * q - 1, 2 * q, 2 * q + 1}
+
+    def transposed(r, c):
+        return {r // 2}, {c // 2} if right else {q for q in range(8) if 2 * q - 1 <= c <= 2 * q + 1}
+
+    for layer, out_size, reads in [(down, 4, strided), (up, 16, transposed)]:
         jacobian = torch.autograd.functional.jacobian(layer, x)[0].abs().sum((0, 3, 4))  # (H', W', H, W)
         assert jacobian.shape[:2] == (out_size, out_size)
         for p, q in itertools.product(range(out_size), repeat=2):
@@ -88,9 +91,9 @@ def test_shifted_layers_read_what_their_docstrings_say(right):
     (PixelOutput.bernoulli, 2), (PixelOutput.softmax, 2), (PixelOutput.logistic_mixture, 2),
 ])
 def test_probabilities_of_every_possible_image_sum_to_one(output, levels):
-    """Normalisation, exhaustively: on 4x4 one-channel images (the smallest the three resolutions take) each of
-    the 2 ** 16 images is scored, and the probabilities add up to 1."""
-    model = build(DataInfo(1, 4, 4, levels, None), output=output).float()
+    """Normalisation, exhaustively: on 4x4 one-channel images (the smallest the three resolutions take) each
+    of the 2 ** 16 images is scored, and the probabilities add up to 1."""
+    model = build(DataInfo(1, 4, 4, levels, None), output=output, num_filters=4, num_blocks=1).float()
     images = torch.tensor(list(itertools.product(range(levels), repeat=16))).view(-1, 1, 4, 4)
     with torch.no_grad():
         nll = torch.cat([model.evaluate(Batch(chunk, None))["nll_nats"] for chunk in images.split(8192)])
@@ -122,7 +125,8 @@ def test_the_sampler_gives_the_whole_networks_parameters_and_images(channels, le
     """At every step the session's parameters equal the whole network's on the finished images, and with the
     same seed it draws the same images, and the same completions, as the whole network at every step."""
     height, width = 8, 12
-    model = build(DataInfo(channels, height, width, levels, 3), output=output, conditional=conditional).float()
+    data = DataInfo(channels, height, width, levels, 3)
+    model = build(data, output=output, conditional=conditional).float()
     labels = torch.tensor([0, 1, 2, 1]) if conditional else None
     images = torch.zeros(4, channels, height, width, dtype=torch.long)
     inputs = model.network_input(images)
@@ -175,6 +179,7 @@ def test_config_errors_are_explained():
     assert next(problems(PixelCNNPPConfig(dropout=1.0), "model.")).startswith("model.dropout")
     assert next(problems(PixelCNNPPConfig(num_filters=0), "model.")).startswith("model.num_filters")
     # auto picks the paper's mixture on 8-bit data and a Bernoulli on binarized one-channel data
-    assert type(PixelCNNPP(PixelCNNPPConfig(**SMALL), rgb).likelihood).__name__ == "DiscretizedLogisticMixture"
+    mixture = PixelCNNPP(PixelCNNPPConfig(**SMALL), rgb)
+    assert type(mixture.likelihood).__name__ == "DiscretizedLogisticMixture"
     binarized = PixelCNNPP(PixelCNNPPConfig(**SMALL), DataInfo(1, 28, 28, 2, 10))
     assert type(binarized.likelihood).__name__ == "Bernoulli"

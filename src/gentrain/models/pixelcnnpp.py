@@ -1,18 +1,18 @@
-"""PixelCNN++ (Salimans et al., "PixelCNN++: Improving the PixelCNN with Discretized Logistic Mixture Likelihood
-and Other Modifications", 2017).
+"""PixelCNN++ (Salimans et al., "PixelCNN++: Improving the PixelCNN with Discretized Logistic Mixture
+Likelihood and Other Modifications", 2017).
 
-Two streams instead of masks (nn/shifted.py). The down stream `u` starts from the image shifted one row down and
-sees the rows above the current pixel; the down-right stream `ul` also reads the image shifted one column right
-and the `u` stream at its own position, so it sees the rows above and the pixels to the left: every earlier
-pixel, no blind spot, and nothing of the current one. Each stream is a sequence of gated residual blocks
-(concatenated ELUs, dropout, a sigmoid gate) over three resolutions: a first pass downsampled twice by strided
-convolutions, a second pass upsampled back by transposed ones, each block of the second reading a skip from the
-matching block of the first. The output is the discretized logistic mixture over whole pixels (its colours
-coupled linearly inside the pixel: distributions.py); objective, conditioning and the sampler's driver:
-models/autoregressive.py. Weight normalization and its data-dependent initialization are left out.
+Two streams instead of masks (nn/shifted.py). The down stream `u` starts from the image shifted one row down
+and sees the rows above the current pixel; the down-right stream `ul` also reads the image shifted one column
+right and the `u` stream at its own position, so it sees the rows above and the pixels to the left: every
+earlier pixel, no blind spot, and nothing of the current one. Each stream is a sequence of gated residual
+blocks (concatenated ELUs, dropout, a sigmoid gate) over three resolutions: a first pass downsampled twice by
+strided convolutions, a second pass upsampled back by transposed ones, each block of the second reading a skip
+from the matching block of the first. The output is the discretized logistic mixture over whole pixels (its
+colours coupled linearly inside the pixel: distributions.py); objective, conditioning and the sampler's
+driver: models/autoregressive.py. Weight normalization and its data-dependent initialization are left out.
 
 The forward pass is written once, as stages over whole maps (`Stages`). Sampling records them (`Tape`) and
-replays, for each pixel, only the rows that can still change (`PixelCNNPPSession`).
+replays, for each pixel, only what can still change (`PixelCNNPPSession`).
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ U, UL = "u", "ul"  # the streams: rows above only; rows above and pixels to the 
 
 
 class GatedResidualBlock(nn.Module):
-    """x + a * sigmoid(b), with (a, b) = conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(aux))))).
+    """x + a * sigmoid(b), where (a, b) = conv(dropout(concat_elu(c))) and
+    c = conv(concat_elu(x)) + nin(concat_elu(aux)).
 
-    Two stages (`inner`, `outer`), so that each reads at most one row above its inputs (the sampler's rows)."""
+    Two stages (`inner` gives c, `outer` the rest), so that each reads at most one row above its inputs (the
+    sampler's windows)."""
 
     def __init__(self, channels: int, aux_channels: int, right: bool, dropout: float):
         super().__init__()
@@ -147,10 +149,11 @@ class PixelCNNPPNetwork(AutoregressiveNetwork):
         self.first_ul = nn.ModuleList(blocks_of(n, True, f) for _ in range(LEVELS))
         self.second_u = nn.ModuleList(blocks_of(k, False, f) for k in self.blocks_per_level)
         self.second_ul = nn.ModuleList(blocks_of(k, True, 2 * f) for k in self.blocks_per_level)
-        self.down_u = nn.ModuleList(ShiftedConv2d(f, f, (2, 3), right=False, stride=2) for _ in range(LEVELS - 1))
-        self.down_ul = nn.ModuleList(ShiftedConv2d(f, f, (2, 2), right=True, stride=2) for _ in range(LEVELS - 1))
-        self.up_u = nn.ModuleList(ShiftedConvTranspose2d(f, f, right=False) for _ in range(LEVELS - 1))
-        self.up_ul = nn.ModuleList(ShiftedConvTranspose2d(f, f, right=True) for _ in range(LEVELS - 1))
+        steps = range(LEVELS - 1)
+        self.down_u = nn.ModuleList(ShiftedConv2d(f, f, (2, 3), right=False, stride=2) for _ in steps)
+        self.down_ul = nn.ModuleList(ShiftedConv2d(f, f, (2, 2), right=True, stride=2) for _ in steps)
+        self.up_u = nn.ModuleList(ShiftedConvTranspose2d(f, f, right=False) for _ in steps)
+        self.up_ul = nn.ModuleList(ShiftedConvTranspose2d(f, f, right=True) for _ in steps)
         self.head = nn.Sequential(nn.ELU(), PointwiseConv2d(f, num_params))
 
     def ul_first(self, from_above: Tensor, left: Tensor) -> Tensor:
@@ -165,8 +168,8 @@ class PixelCNNPPNetwork(AutoregressiveNetwork):
 
         above, left = stages(U, 0, _above, x), stages(UL, 0, _left, x)
         us = [stages(U, 0, self.u_first, above)]
-        # ul's first stage reads the row above at the columns to the right too: that part belongs to u, so that
-        # every ul stage reads no column to the right of its own (the sampler's columns).
+        # ul's first stage reads the row above at the columns to the right too: that part belongs to u, so
+        # that every ul stage reads no column to the right of its own (the sampler's columns).
         uls = [stages(UL, 0, self.ul_first, stages(U, 0, self.ul_first_above, above), left)]
         for level in range(LEVELS):
             if level:
@@ -211,11 +214,12 @@ class PixelCNNPPSession(SamplingSession):
         self.row: Optional[int] = None
 
     def _update(self, i: int, j: Optional[int]) -> None:
-        """Row i // 2**l of the u stream's stages (j None), or pixel (i, j) // 2**l of the ul stream's, at each
-        level l whose 2**l divides i (and j)."""
-        maps = self.tape.maps
+        """Row i // 2**l of the u stream's stages (j None), or pixel (i, j) // 2**l of the ul stream's, at
+        each level l whose 2**l divides i (and j)."""
+        maps, stream = self.tape.maps, U if j is None else UL
         for stage in self.tape.stages:
-            if stage.stream != (U if j is None else UL) or i % (1 << stage.level) or (j or 0) % (1 << stage.level):
+            step = 1 << stage.level
+            if stage.stream != stream or i % step or (j or 0) % step:
                 continue
             r = i >> stage.level
             rows, keep_row = self._window(r, stage.scale)
@@ -261,6 +265,6 @@ class PixelCNNPP(AutoregressiveModel, config=PixelCNNPPConfig):
                 f"{data.channels} channels; use model.output=logistic_mixture"
             )
         if data.height % 4 or data.width % 4:
-            raise ConfigError(f"model=pixelcnnpp works at three resolutions, so the image's sides must be multiples "
-                              f"of 4, got {data.height}x{data.width}: set dataset.image_size")
+            raise ConfigError(f"model=pixelcnnpp works at three resolutions, so the image's sides must be "
+                              f"multiples of 4, got {data.height}x{data.width}: set dataset.image_size")
         return PixelCNNPPNetwork(cfg, data, self.likelihood.num_params, num_classes)

@@ -1,16 +1,17 @@
-"""Shifted convolutions for PixelCNN++ (Salimans et al., 2017): causality from where the kernel sits rather than
-from masks.
+"""Shifted convolutions for PixelCNN++ (Salimans et al., 2017): causality from where the kernel sits rather
+than from masks.
 
-A "down" convolution reads the current row and the rows above it, centred on the current column; a "down-right"
-one reads the current row and the rows above, from the current column and the columns to its left. Neither ever
-reads a row below, and a down-right one never reads a column to the right. Fed with the image shifted one row
-down (or one column right), their outputs see only pixels strictly before the current one.
+A "down" convolution reads the current row and the rows above it, centred on the current column; a
+"down-right" one reads the current row and the rows above, from the current column and the columns to its
+left. Neither ever reads a row below, and a down-right one never reads a column to the right. Fed with the
+image shifted one row down (or one column right), their outputs see only pixels strictly before the current
+one.
 
-Strided versions halve the resolution: output row p reads input rows 2p - 1 and 2p (columns likewise), and the
-transposed versions double it: output row r reads input row r // 2. So at every resolution a row depends on the
-image's rows up to (row + 1) * stride - 1 at most, never a later one (models/pixelcnnpp.py's sampler relies on it).
-The zero padding happens inside the convolution and the rows and columns symmetric padding adds past the causal
-ones are cropped from the output, a view (as masked.causal_conv does).
+Strided versions halve the resolution: output row p reads input rows 2p - 1 and 2p (columns likewise), and
+the transposed versions double it: output row r reads input row r // 2. So row p of a map at 1 / 2**l of the
+image's resolution depends on the image's rows up to p * 2**l only (models/pixelcnnpp.py's sampler relies on
+it). The zero padding happens inside the convolution, and the rows and columns that symmetric padding adds
+past the causal ones are cropped from the output, a view (as masked.causal_conv does).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 
 def concat_elu(x: Tensor) -> Tensor:
-    """ELU of x and of -x, concatenated along the channels: a non-linearity that keeps both signs' information."""
+    """ELU of x and of -x, concatenated along the channels: a non-linearity that keeps both signs."""
     return F.elu(torch.cat([x, -x], dim=1))
 
 
@@ -79,8 +80,8 @@ class ShiftedConv2d(nn.Conv2d):
 
 
 class ShiftedConvTranspose2d(nn.ConvTranspose2d):
-    """Doubles the resolution: output (r, c) reads input row r // 2 and, for a down-right one, column c // 2 (a
-    down one: the columns whose kernel reaches c from either side)."""
+    """Doubles the resolution: output (r, c) reads input row r // 2 and, for a down-right one, column c // 2
+    (a down one: the columns whose kernel reaches c from either side)."""
 
     def __init__(self, in_channels: int, out_channels: int, *, right: bool):
         super().__init__(in_channels, out_channels, (2, 2 if right else 3), stride=2)
