@@ -36,6 +36,9 @@ VARIANTS = {  # name: (model, config class, its small test settings)
     "made": (MADE, MADEConfig, dict(hidden=[60, 60], num_masks=3)),
     "pixel_transformer": (PixelTransformer, PixelTransformerConfig,
                           dict(hidden_channels=16, num_layers=2, num_heads=2, head_channels=24)),
+    "multi_query_transformer": (PixelTransformer, PixelTransformerConfig,
+                                dict(hidden_channels=16, num_layers=2, num_heads=2, key_value_heads=1,
+                                     head_channels=24)),
 }
 CONVOLUTIONAL = ["pixelcnn", "gated_pixelcnn"]
 SIZE = 5  # exhaustive checks on 5x5 images
@@ -136,7 +139,7 @@ def check_ordering(model, variant: str, channels: int) -> None:
         same_pixel = torch.stack([field[:, i, j, :, i, j] for i, j in pixels], dim=1)  # (colour, pixel, C)
         assert same_pixel[1].all(0).tolist() == [True, False, False]
         assert same_pixel[2].all(0).tolist() == [True, True, False]
-    if variant in ("gated_pixelcnn", "diagonal_bilstm", "pixel_transformer"):
+    if variant in ("gated_pixelcnn", "diagonal_bilstm", "pixel_transformer", "multi_query_transformer"):
         # No blind spot: every output position sees every sub-pixel the ordering allows.
         first_of_colour = torch.stack([(colour == c).nonzero()[0, 0] for c in range(len(field))])
         missing = allowed[first_of_colour] & ~field

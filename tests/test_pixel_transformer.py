@@ -25,13 +25,15 @@ from gentrain.nn.transformer import KeyValueCache, TransformerBlock
 from test_autoregressive import build
 
 
-def test_the_cache_over_chunks_of_any_length_gives_the_whole_sequence():
+@pytest.mark.parametrize("key_value_heads", [None, 2, 1])
+def test_the_cache_over_chunks_of_any_length_gives_the_whole_sequence(key_value_heads):
     """Positions fed a few at a time (one, several, after cached ones) get what one pass over the whole
-    sequence gives: the explicit mask of a chunk after cached positions is the causal one, shifted."""
+    sequence gives: the explicit mask of a chunk after cached positions is the causal one, shifted; with
+    fewer key/value heads than query heads, the cache holds only those."""
     torch.manual_seed(0)
-    block = TransformerBlock(16, 2, 2, 0.0).double().eval()
-    x = torch.randn(3, 11, 16, dtype=torch.double)
-    cache = KeyValueCache(3, 2, 11, 8, x)
+    block = TransformerBlock(32, 4, 2, 0.0, key_value_heads).double().eval()
+    x = torch.randn(3, 11, 32, dtype=torch.double)
+    cache = KeyValueCache(3, key_value_heads or 4, 11, 8, x)
     parts, start = [], 0
     for size in (1, 3, 1, 4, 2):
         parts.append(block(x[:, start : start + size], cache))
@@ -134,6 +136,8 @@ def test_config_errors_are_one_line():
     assert next(problems(PixelTransformerConfig(hidden_channels=30, num_heads=4), "model.")).startswith(
         "model.hidden_channels (30) must be a multiple of model.num_heads (4)")
     assert next(problems(PixelTransformerConfig(dropout=1.0), "model.")).startswith("model.dropout must be")
+    assert next(problems(PixelTransformerConfig(num_heads=4, key_value_heads=3), "model.")).startswith(
+        "model.num_heads (4) must be a multiple of model.key_value_heads (3)")
     with pytest.raises(ConfigError, match="model.head_channels must be at least 3"):
         PixelTransformer(PixelTransformerConfig(head_channels=2, output=PixelOutput.softmax),
                          DataInfo(3, 8, 8, 256, None))

@@ -41,8 +41,10 @@ class PixelTransformerNetwork(CausalNetwork):
         self.embed = nn.Linear(data.channels, width)
         self.start = nn.Parameter(0.02 * torch.randn(width))  # what position 0 reads: no pixel precedes it
         self.positions = nn.Parameter(0.02 * torch.randn(data.height * data.width, width))
-        self.blocks = nn.ModuleList(TransformerBlock(width, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
-                                    for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(width, cfg.num_heads, cfg.mlp_ratio, cfg.dropout, cfg.key_value_heads)
+            for _ in range(cfg.num_layers)
+        )
         self.norm = nn.LayerNorm(width)
         # Colour c of the current pixel reads its colours < c; with one colour group there is nothing to read.
         self.current_pixel = None if colours == 1 else \
@@ -92,9 +94,8 @@ class PixelTransformerSession(SamplingSession):
         super().__init__(network, inputs, class_bias)
         batch, _, height, width = inputs.shape
         like = network.positions.detach()
-        heads = network.blocks[0].heads
-        self.caches = [KeyValueCache(batch, heads, height * width, network.width // heads, like)
-                       for _ in network.blocks]
+        self.caches = [KeyValueCache(batch, block.key_value_heads, height * width, block.head_dim, like)
+                       for block in network.blocks]
         self.hidden: Optional[Tensor] = None  # the current pixel's features, (B, width)
 
     def params(self, i: int, j: int) -> Tensor:
