@@ -68,15 +68,23 @@ class TransformerBlock(nn.Module):
         start = 0 if cache is None else cache.length
         if cache is not None:
             k, v = cache.append(k, v)
-        # From position 0 the fused kernel's own causal mask is right; after cached positions its mask would
-        # be aligned to the top left, so new positions get an explicit one (one new position sees them all).
-        mask = torch.ones(length, start + length, dtype=torch.bool, device=x.device).tril(start) \
-            if start and length > 1 else None
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=start == 0 and length > 1,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.key_value_heads != self.heads,
-        )
-        attended = attended.transpose(1, 2).reshape(batch, length, width)
+        dropout = self.dropout if self.training else 0.0
+        if start and length == 1:
+            # One new position sees every cached one: the query heads sharing a key/value head attend as rows
+            # of one group (twice as fast as the grouped kernel for one key/value head; the same sums).
+            grouped = q.reshape(batch, self.key_value_heads, -1, self.head_dim)
+            attended = F.scaled_dot_product_attention(grouped, k, v, dropout_p=dropout)
+            attended = attended.reshape(batch, 1, width)
+        else:
+            # From position 0 the fused kernel's own causal mask is right; after cached positions its mask
+            # would be aligned to the top left, so new positions get an explicit one.
+            mask = torch.ones(length, start + length, dtype=torch.bool, device=x.device).tril(start) \
+                if start else None
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=start == 0 and length > 1, dropout_p=dropout,
+                enable_gqa=self.key_value_heads != self.heads,
+            )
+            attended = attended.transpose(1, 2).reshape(batch, length, width)
         x = x + self.residual_dropout(self.attention_out(attended))
         return x + self.residual_dropout(self.mlp(self.mlp_norm(x)))
 
