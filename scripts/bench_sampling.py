@@ -45,6 +45,7 @@ MODELS = {
     "diagonal_bilstm": ["model=pixelrnn", "model.layer=diagonal_bilstm"],
     "made": ["model=made"],
     "pixel_transformer": ["model=pixel_transformer"],
+    "multi_query_transformer": ["model=pixel_transformer", "model.key_value_heads=1"],
     "pixelcnnpp": ["model=pixelcnnpp"],
 }
 
@@ -94,7 +95,8 @@ def main() -> None:
 
     device = torch.device(args.device)
     print(f"Device {device}, torch threads {torch.get_num_threads()}; samples/s of whole images (naive: from the "
-          f"time to draw the last {args.rows} rows), default model configs, untrained weights.\n")
+          f"time to draw the last {args.rows} rows), default model configs"
+          f"{' + ' + ' '.join(args.overrides) if args.overrides else ''}, untrained weights.\n")
     print("| model | shape | batch | " + " | ".join(f"{s} samples/s" for s in args.samplers) + " | cached / naive |")
     print("|---" * (4 + len(args.samplers)) + "|")
     for name in args.models:
