@@ -77,9 +77,10 @@ class DDPM(GenerativeModel, config=DDPMConfig):
         is conditional and guidance_scale != 1: eps = eps_none + scale (eps_label - eps_none)."""
         scale = self.cfg.guidance_scale
         guided = labels is not None and scale != 1.0
+        table = chain.steps.to(self.device)  # the network's step numbers, moved once per sampling run
 
         def run(x: Tensor, i: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-            steps = chain.steps.to(x.device)[i]
+            steps = table[i]
             if not guided:
                 prediction, fraction = self.predict(x, steps, labels)
                 return (*chain.x0_and_eps(prediction, x, i), fraction)

@@ -34,7 +34,8 @@ def linear_alpha_bar(timesteps: int, beta_start: float, beta_end: float) -> Tens
     """Ho et al.'s betas linear from beta_start to beta_end, given for T = 1000 and scaled by 1000 / T so that
     other T keep the same overall noise (Nichol & Dhariwal's rule)."""
     scale = 1000.0 / timesteps
-    betas = torch.linspace(scale * beta_start, scale * beta_end, timesteps, dtype=torch.float64)
+    # on the CPU always (also under `with torch.device("meta")`): a few numbers, moved once by `at`
+    betas = torch.linspace(scale * beta_start, scale * beta_end, timesteps, dtype=torch.float64, device="cpu")
     if betas.max() >= 1:
         raise ValueError(f"T={timesteps} scales the linear schedule's betas to {betas.max():.3g} >= 1: "
                          f"raise T")
@@ -44,7 +45,7 @@ def linear_alpha_bar(timesteps: int, beta_start: float, beta_end: float) -> Tens
 def cosine_alpha_bar(timesteps: int, offset: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """Nichol & Dhariwal's abar_t = f(t) / f(0), f(t) = cos^2((t / T + s) / (1 + s) pi / 2), with every
     beta_t = 1 - abar_t / abar_{t-1} clipped at 0.999 (near t = T, where abar_t reaches 0)."""
-    t = torch.arange(timesteps + 1, dtype=torch.float64)
+    t = torch.arange(timesteps + 1, dtype=torch.float64, device="cpu")
     f = torch.cos((t / timesteps + offset) / (1 + offset) * math.pi / 2) ** 2
     betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
     return torch.cumprod(1.0 - betas, 0)
@@ -111,7 +112,7 @@ class GaussianDiffusion:
         beta_tilde = beta * (1.0 - ab_prev) / (1.0 - ab)  # 0 at t = 1: x_0 is known given x_1 and x_0
         self.alpha_bar = alpha_bar.double()
         self.prediction, self.variance, self.levels = prediction, variance, levels
-        self.steps = torch.arange(len(ab)) if steps is None else steps
+        self.steps = torch.arange(len(ab), device="cpu") if steps is None else steps
         self.arrays = {
             "sqrt_ab": ab.sqrt(), "sqrt_1m_ab": (1.0 - ab).sqrt(), "sqrt_ab_prev": ab_prev.sqrt(),
             "sqrt_1m_ab_prev": (1.0 - ab_prev).sqrt(),
