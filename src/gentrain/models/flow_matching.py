@@ -44,6 +44,7 @@ class FlowMatching(GenerativeModel, config=FlowMatchingConfig):
 
     progress_terms = ("fm_loss",)
     main_metric = "fm_loss"  # cheap at every validation; the ODE bound on bits/dim is the final test pass's
+    standard_errors = ("bits_per_dim", "nll_nats")  # their means over the images they cover: <name>_stderr
 
     def __init__(self, cfg: FlowMatchingConfig, data: DataInfo):
         super().__init__(data)
@@ -176,7 +177,9 @@ class FlowMatching(GenerativeModel, config=FlowMatchingConfig):
             f"{d.levels}-level images: uniform dequantization u = (x + noise)/{d.levels}, one noise sample "
             f"per image, y = 2u - 1 (log-det D ln 2) and D ln {d.levels} for the scaling to [0, 1]; log p(y) "
             f"from the ODE carried from the data (t = 1) to N(0, I) at t = 0 by {solver} with {divergence}; "
-            f"ode_nfe: the mean velocity evaluations per image; bits/dim = nats / (D ln 2), D = {d.num_dims}")
+            f"bits_per_dim_stderr (nll_nats_stderr): the standard error of the mean over the images it "
+            f"covers (their spread, dequantization and probes together); ode_nfe: the mean velocity "
+            f"evaluations per image; bits/dim = nats / (D ln 2), D = {d.num_dims}")
         if cfg.solver is ODESolver.adaptive:
             how, nfe = f"(rtol={cfg.rtol}, atol={cfg.atol})", self.last_sampling_nfe
         else:
