@@ -95,7 +95,7 @@ class Stages:
 
 
 class Tape(Stages):
-    """Runs the stages and keeps every map and stage, for the sampler to replay row by row."""
+    """Runs the stages and keeps every map and stage, for the sampler to replay where inputs change."""
 
     def __init__(self, x: Tensor):
         self.maps, self.levels, self.stages = [x], [0], []
@@ -131,8 +131,8 @@ class PixelCNNPPNetwork(AutoregressiveNetwork):
         f, n = cfg.num_filters, cfg.num_blocks
         # First pass: n blocks per level; second pass: n at the lowest level, n + 1 above it (the extra one
         # reads the skip of the level's downsampling or first stage). Both streams, 2f biases per block.
-        self.blocks_per_level = [n, n + 1, n + 1]  # second pass, lowest level first
-        blocks = 2 * (LEVELS * n + sum(self.blocks_per_level))
+        second_pass = [n, n + 1, n + 1]  # lowest level first
+        blocks = 2 * (LEVELS * n + sum(second_pass))
         super().__init__(num_classes, blocks * 2 * f)
         self.bias_sizes = [2 * f] * blocks
         channels = data.channels + 1  # the channel of ones
@@ -147,8 +147,8 @@ class PixelCNNPPNetwork(AutoregressiveNetwork):
         # ul's skip.
         self.first_u = nn.ModuleList(blocks_of(n, False, 0) for _ in range(LEVELS))
         self.first_ul = nn.ModuleList(blocks_of(n, True, f) for _ in range(LEVELS))
-        self.second_u = nn.ModuleList(blocks_of(k, False, f) for k in self.blocks_per_level)
-        self.second_ul = nn.ModuleList(blocks_of(k, True, 2 * f) for k in self.blocks_per_level)
+        self.second_u = nn.ModuleList(blocks_of(k, False, f) for k in second_pass)
+        self.second_ul = nn.ModuleList(blocks_of(k, True, 2 * f) for k in second_pass)
         steps = range(LEVELS - 1)
         self.down_u = nn.ModuleList(ShiftedConv2d(f, f, (2, 3), right=False, stride=2) for _ in steps)
         self.down_ul = nn.ModuleList(ShiftedConv2d(f, f, (2, 2), right=True, stride=2) for _ in steps)
@@ -193,7 +193,7 @@ class PixelCNNPPNetwork(AutoregressiveNetwork):
 
 
 class PixelCNNPPSession(SamplingSession):
-    """Sampling that recomputes only the rows that can change.
+    """Sampling that recomputes only what can change.
 
     A map's row p at level l depends on the image's rows up to p * 2**l only (strided convolutions read rows
     2p - 1 and 2p, transposed ones row r // 2), so while row i is drawn only row i // 2**l of each level whose
