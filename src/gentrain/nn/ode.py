@@ -240,7 +240,8 @@ class VPProbabilityFlow:
     with noise levels alpha_bar (T,), as a velocity in the continuous step index s in [0, T - 1] (the
     network's time input): between steps, log alpha_bar is linear in s, and with g(s) = d log alpha_bar / ds
         dx/ds = g(s) / 2 * (x - eps(x, s) / sqrt(1 - alpha_bar(s))).
-    `eps(x, s)` predicts the noise (a model predicting x0 or v converts with `alpha_bar_at(s)`). Its density
+    `eps(x, s[, labels])` predicts the noise (a model predicting x0 or v converts with `alpha_bar_at(s)`;
+    labels come as log_likelihood's `condition`, row by row with the images). Its density
     at s = 0 (the first noise level) is a density like any other, so its dequantized bound on the discrete NLL
     is an upper bound too (of the model "y at s = 0, then quantized"); the prior at s = T - 1 is N(0, I)."""
 
@@ -259,12 +260,12 @@ class VPProbabilityFlow:
         """alpha_bar at continuous step indices s (B,), log-linear between the steps."""
         return self._segment(s)[0].exp()
 
-    def __call__(self, x: Tensor, s: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, s: Tensor, *condition: Tensor) -> Tensor:
         log_alpha_bar, slope = self._segment(s)
         shape = (-1,) + (1,) * (x.dim() - 1)
         g = slope.to(x.dtype).view(shape)
         sigma = (-log_alpha_bar.exp()).log1p().exp().sqrt().to(x.dtype).view(shape)  # sqrt(1 - alpha_bar)
-        return 0.5 * g * (x - self.eps(x, s) / sigma)
+        return 0.5 * g * (x - self.eps(x, s, *condition) / sigma)
 
     def log_likelihood(self, x: Tensor, **solver: object) -> LogLikelihood:
         """log p(x) of the model's density at s = 0: the ODE from s = 0 to s = T - 1 (see log_likelihood)."""
