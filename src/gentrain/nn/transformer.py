@@ -80,9 +80,10 @@ class TransformerBlock(nn.Module):
             # would be aligned to the top left, so new positions get an explicit one.
             mask = torch.ones(length, start + length, dtype=torch.bool, device=x.device).tril(start) \
                 if start else None
+            groups = self.heads // self.key_value_heads  # (SDPA's enable_gqa needs torch 2.5)
+            k, v = (k, v) if groups == 1 else (t.repeat_interleave(groups, dim=1) for t in (k, v))
             attended = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=start == 0 and length > 1, dropout_p=dropout,
-                enable_gqa=self.key_value_heads != self.heads,
             )
             attended = attended.transpose(1, 2).reshape(batch, length, width)
         x = x + self.residual_dropout(self.attention_out(attended))
