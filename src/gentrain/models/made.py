@@ -5,6 +5,8 @@ sub-pixel reads only the sub-pixels before it: raster order, R -> G -> B inside 
 over whole pixels, the pixels before it). Every input and output unit has a degree, its position in that order
 (1..D); a hidden unit gets a degree drawn in [the previous layer's smallest, D - 1] and reads the units of the
 layer below whose degree is at most its own; an output reads the hidden units of a strictly smaller degree.
+With model.direct_connections, an output also reads every input of a strictly smaller degree through a masked
+linear layer (the paper's code, direct_input_connect="Output", as in its MNIST results).
 
 With model.num_masks = M > 1 (the paper's connectivity-agnostic training) there are M draws of the hidden
 degrees: training cycles through them, one per step, and evaluation scores the uniform mixture of the M
@@ -60,6 +62,8 @@ class MADENetwork(AutoregressiveNetwork):
         inputs = data.channels * data.height * data.width
         self.hidden_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip([inputs, *self.sizes[:-1]], self.sizes))
         self.output = nn.Linear(self.sizes[-1], num_params * data.height * data.width)
+        self.direct = nn.Linear(inputs, num_params * data.height * data.width, bias=False) \
+            if cfg.direct_connections else None
         # Degrees are drawn on the CPU (the same masks for a seed on every machine), then kept where the weights are.
         with torch.device("cpu"):
             input_groups = torch.arange(data.channels) * colours // data.channels
@@ -73,6 +77,7 @@ class MADENetwork(AutoregressiveNetwork):
             self.register_buffer(name, value.to(self.output.weight.device), persistent=name == "hidden_degrees")
         self.active_mask = 0  # the mask forward() uses
         self._cached: tuple = (None, None)
+        self._direct_cached: tuple = (None, None)
 
     @property
     def num_masks(self) -> int:
@@ -88,6 +93,14 @@ class MADENetwork(AutoregressiveNetwork):
             self._cached = (key, [mask.to(self.output.weight.dtype) for mask in masks])
         return self._cached[1]
 
+    def direct_mask(self) -> Tensor:
+        """The direct connections' 0/1 mask: an output reads the inputs of a strictly smaller degree."""
+        key = (self.direct.weight.device, self.direct.weight.dtype)
+        if self._direct_cached[0] != key:
+            mask = self.output_degrees[:, None] > self.input_degrees[None, :]
+            self._direct_cached = (key, mask.to(self.direct.weight.dtype))
+        return self._direct_cached[1]
+
     def last_hidden(self, x: Tensor, class_bias: Optional[Tensor], masks: list[Tensor]) -> Tensor:
         h = x.flatten(1)
         for index, (layer, mask) in enumerate(zip(self.hidden_layers, masks)):
@@ -100,14 +113,20 @@ class MADENetwork(AutoregressiveNetwork):
     def forward(self, x: Tensor, class_bias: Optional[Tensor] = None) -> Tensor:
         masks = self.masks(self.active_mask)
         h = self.last_hidden(x, class_bias, masks)
-        return F.linear(h, self.output.weight * masks[-1], self.output.bias).view(-1, *self.shape)
+        out = F.linear(h, self.output.weight * masks[-1], self.output.bias)
+        if self.direct is not None:
+            out = out + F.linear(x.flatten(1), self.direct.weight * self.direct_mask())
+        return out.view(-1, *self.shape)
 
     def pixel_params(self, x: Tensor, class_bias: Optional[Tensor], masks: list[Tensor], i: int, j: int) -> Tensor:
         """The parameters of pixel (i, j) alone, (B, P, 1, 1): only its rows of the output layer."""
         _, height, width = self.shape
         rows = torch.arange(self.shape[0], device=x.device) * height * width + i * width + j
         h = self.last_hidden(x, class_bias, masks)
-        return F.linear(h, self.output.weight[rows] * masks[-1][rows], self.output.bias[rows])[:, :, None, None]
+        out = F.linear(h, self.output.weight[rows] * masks[-1][rows], self.output.bias[rows])
+        if self.direct is not None:
+            out = out + F.linear(x.flatten(1), self.direct.weight[rows] * self.direct_mask()[rows])
+        return out[:, :, None, None]
 
     def params_at(self, x: Tensor, class_bias: Optional[Tensor], i: int, j: int) -> Tensor:
         return self.pixel_params(x, class_bias, self.masks(self.active_mask), i, j)
