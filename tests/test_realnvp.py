@@ -12,7 +12,8 @@ from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.config import problems
 from gentrain.errors import ConfigError
-from gentrain.models.realnvp import CouplingType, RealNVP, RealNVPConfig, dequantized_nll_nats
+from gentrain.metrics import dequantized_nll_nats
+from gentrain.models.realnvp import CouplingType, RealNVP, RealNVPConfig
 from gentrain.nn import ActNorm, Coupling, CouplingMask, LogitTransform, squeeze, unsqueeze
 
 

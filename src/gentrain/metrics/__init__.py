@@ -5,6 +5,6 @@ Only bits.py is imported here: the sample-quality modules pull in torchmetrics a
 likelihood model's run does not need.
 """
 
-from gentrain.metrics.bits import LN2, bits_per_dim
+from gentrain.metrics.bits import LN2, bits_per_dim, dequantized_nll_nats
 
-__all__ = ["LN2", "bits_per_dim"]
+__all__ = ["LN2", "bits_per_dim", "dequantized_nll_nats"]

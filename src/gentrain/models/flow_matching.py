@@ -25,9 +25,8 @@ from torch import Tensor
 
 from gentrain.data.batches import Batch
 from gentrain.data.schemas import DataInfo
-from gentrain.metrics import bits_per_dim
+from gentrain.metrics import bits_per_dim, dequantized_nll_nats
 from gentrain.models.base import GenerativeModel, LossOutput
-from gentrain.models.realnvp import dequantized_nll_nats
 from gentrain.models.schemas.flow_matching import FlowMatchingConfig, ODESolver
 from gentrain.nn.ode import log_likelihood, solve
 from gentrain.nn.unet import UNet

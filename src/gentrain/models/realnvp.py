@@ -24,18 +24,10 @@ from torch import Tensor, nn
 from gentrain.data.schemas import DataInfo
 from gentrain.data.batches import Batch
 from gentrain.errors import ConfigError
+from gentrain.metrics import dequantized_nll_nats
 from gentrain.models.likelihood import LikelihoodModel
 from gentrain.models.schemas.realnvp import CouplingType, RealNVPConfig
 from gentrain.nn import ActNorm, Coupling, CouplingMask, LogitTransform, squeeze, standard_normal_log_prob, unsqueeze
-
-
-def dequantized_nll_nats(log_density: Tensor, num_dims: int, levels: int) -> Tensor:
-    """-log P(x) bound in nats from the log-density of u = (x + noise) / levels on the unit cube.
-
-    The density of v = x + noise on [0, levels)^D is the density of u divided by levels^D, and
-    P(x) = integral of that density over the unit cell of x >= exp(E log density) (Jensen).
-    """
-    return -log_density + num_dims * math.log(levels)
 
 
 class FlowSequence(nn.ModuleList):
