@@ -82,3 +82,32 @@ class DDPMConfig:
         if self.schedule is NoiseSchedule.linear and self.beta_end * 1000 / self.timesteps >= 1:
             yield (f"{prefix}timesteps={self.timesteps} scales the linear schedule's beta_end to "
                    f"{self.beta_end * 1000 / self.timesteps:.3g} >= 1: raise it")
+
+
+@model_config("vdm")
+@dataclass
+class VDMConfig:
+    """Variational diffusion in continuous time (Kingma et al. 2021): gentrain/models/vdm.py."""
+
+    # log-SNR runs linearly from -gamma_min at t = 0 to -gamma_max at t = 1 (gamma = log sigma^2 / alpha^2)
+    gamma_min: float = setting(-13.3, min=-30, max=30)
+    gamma_max: float = setting(5.0, min=-30, max=30)
+    learned_schedule: bool = False  # train both ends of the linear schedule by the bound
+    fourier_features: bool = False  # sin and cos of 2^n pi z (n = 7, 8) as extra inputs (the paper's)
+    base_channels: int = setting(32, min=1, max=4096)
+    channel_mult: list[int] = setting(factory=lambda: [1, 2, 2], min_items=1, min=1, max=64)
+    num_res_blocks: int = setting(2, min=1, max=64)
+    attention_resolutions: list[int] = setting(factory=lambda: [16], min=1, max=65536)
+    attention_heads: int = setting(1, min=1, max=64)
+    dropout: float = setting(0.1, min=0, below=1)
+    sampling_steps: int = setting(1000, min=2, max=100_000)  # ancestral steps on a uniform grid of t
+    clip_denoised: bool = True
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-4))
+
+    mutable: ClassVar[frozenset[str]] = frozenset({"sampling_steps", "clip_denoised"})
+    evaluation_budget: ClassVar[frozenset[str]] = frozenset({"sampling_steps"})
+
+    def problems(self, prefix: str) -> Iterator[str]:
+        if self.gamma_min >= self.gamma_max:
+            yield (f"{prefix}gamma_min={self.gamma_min} must be below {prefix}gamma_max={self.gamma_max}: "
+                   f"the noise grows with t")

@@ -1,0 +1,166 @@
+"""Variational diffusion models in continuous time (Kingma, Salimans, Poole & Ho, 2021).
+
+z_t = alpha_t x + sigma_t eps with alpha_t^2 = sigmoid(-gamma(t)), sigma_t^2 = sigmoid(gamma(t)) (variance
+preserving), gamma(t) = gamma_min + (gamma_max - gamma_min) t the negative log signal-to-noise ratio: linear
+in t, with both ends trained by the bound when `learned_schedule` is set (the paper's monotone network for the
+shape between them is not implemented; the continuous-time loss does not depend on that shape, only its
+variance does). The bound on -log P(x) of the discrete image x (pixels on L levels scaled to [-1, 1]), in
+nats:
+
+    decoder    -log p(x | z_0), p(x_i = v_k | z_0) proportional to q(z_0 | v_k), normalised over the L values
+    diffusion  0.5 E_t gamma'(t) ||eps - eps_hat(z_t, t)||^2, t ~ U(0, 1): the T -> infinity limit
+    prior      KL(q(z_1 | x) || N(0, I))
+
+each estimated with one draw (one network call per image). The U-Net is gentrain/nn/unet.py, told 1000 t.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from gentrain.data.batches import Batch
+from gentrain.data.schemas import DataInfo
+from gentrain.errors import ConfigError
+from gentrain.metrics import bits_per_dim
+from gentrain.models.base import GenerativeModel, LossOutput
+from gentrain.models.diffusion_sampling import ancestral_sample
+from gentrain.models.gaussian_diffusion import GaussianDiffusion, per_image
+from gentrain.models.schemas.ddpm import Prediction, ReverseVariance, VDMConfig
+from gentrain.nn.unet import UNet
+
+
+class VDM(GenerativeModel, config=VDMConfig):
+    """A U-Net trained on the continuous-time variational bound; likelihood: that bound, estimated."""
+
+    progress_terms = ("bits_per_dim",)
+    standard_errors = ("bits_per_dim", "nll_nats")
+
+    def __init__(self, cfg: VDMConfig, data: DataInfo):
+        super().__init__(data)
+        if data.height != data.width:
+            raise ConfigError(f"model=vdm takes square images, got {data.height}x{data.width}: set "
+                              f"dataset.image_size")
+        self.cfg = cfg
+        try:
+            self.net = UNet(data.channels, data.channels, data.height, cfg.base_channels,
+                            tuple(cfg.channel_mult), cfg.num_res_blocks, tuple(cfg.attention_resolutions),
+                            cfg.dropout, None, cfg.attention_heads,
+                            input_fourier_exponents=(7, 8) if cfg.fourier_features else ())
+        except ValueError as err:
+            raise ConfigError(f"model=vdm: {err} (model.base_channels, model.attention_heads)") from None
+        ends = torch.tensor([cfg.gamma_min, cfg.gamma_max])
+        if cfg.learned_schedule:
+            self.gamma_ends = torch.nn.Parameter(ends)
+        else:
+            self.register_buffer("gamma_ends", ends)
+        self.register_buffer("values", torch.linspace(-1, 1, data.levels), persistent=False)
+
+    def scale(self, x: Tensor) -> Tensor:
+        return x.float() * (2.0 / (self.data.levels - 1)) - 1.0
+
+    def gamma(self, t: Tensor) -> Tensor:
+        low, high = self.gamma_ends[0], self.gamma_ends[1]
+        return low + (high - low) * t
+
+    @staticmethod
+    def alpha_sigma(gamma: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        shape = (-1, *([1] * (like.ndim - 1)))
+        return torch.sigmoid(-gamma).sqrt().view(shape), torch.sigmoid(gamma).sqrt().view(shape)
+
+    # --- the bound's terms, in nats per image ---------------------------------------------------------------
+    def diffusion_term(self, x0: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+        """0.5 gamma'(t) ||eps - eps_hat(z_t, t)||^2 for given z_t: the integrand of the diffusion loss."""
+        alpha, sigma = self.alpha_sigma(self.gamma(t), z_t)
+        eps = (z_t - alpha * x0) / sigma
+        eps_hat = self.net(z_t, 1000 * t).to(z_t.dtype)
+        slope = self.gamma_ends[1] - self.gamma_ends[0]
+        return 0.5 * slope * per_image((eps - eps_hat) ** 2)
+
+    def decoder_term(self, x0: Tensor, z0: Tensor) -> Tensor:
+        """-log p(x | z_0) with p(x_i = v_k | z_0) proportional to N(z_0; alpha_0 v_k, sigma_0^2)."""
+        alpha, sigma = self.alpha_sigma(self.gamma_ends[0].expand(len(z0)), z0)
+        values = self.values.to(z0.dtype)
+        logits = -0.5 * ((z0[..., None] - alpha[..., None] * values) / sigma[..., None]) ** 2
+        index = ((x0 + 1) * (self.data.levels - 1) / 2).round().long()
+        chosen = logits.gather(-1, index[..., None])[..., 0]
+        return per_image(torch.logsumexp(logits, -1) - chosen)
+
+    def prior_term(self, x0: Tensor) -> Tensor:
+        """KL(N(alpha_1 x, sigma_1^2) || N(0, 1)), summed over the pixels."""
+        alpha, sigma = self.alpha_sigma(self.gamma_ends[1].expand(len(x0)), x0)
+        variance = sigma ** 2
+        return per_image(0.5 * (variance + (alpha * x0) ** 2 - torch.log(variance) - 1))
+
+    def bound(self, x0: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """The three terms for one draw of t (B,) and of the noise, and their sum, each (B,)."""
+        alpha, sigma = self.alpha_sigma(self.gamma(t), x0)
+        z_t = alpha * x0 + sigma * torch.randn_like(x0)
+        alpha_0, sigma_0 = self.alpha_sigma(self.gamma_ends[0].expand(len(x0)), x0)
+        z0 = alpha_0 * x0 + sigma_0 * torch.randn_like(x0)
+        terms = {"decoder_nats": self.decoder_term(x0, z0), "diffusion_nats": self.diffusion_term(x0, z_t, t),
+                 "prior_nats": self.prior_term(x0)}
+        terms["nll_nats"] = terms["decoder_nats"] + terms["diffusion_nats"] + terms["prior_nats"]
+        return terms
+
+    # --- training and evaluation ----------------------------------------------------------------------------
+    def loss(self, batch: Batch, step: int) -> LossOutput:
+        x0 = self.scale(batch.x)
+        n = x0.shape[0]
+        # evenly spread times with one random offset (the paper's low-discrepancy sampler): each t is still
+        # uniform, so the batch mean stays unbiased, with less variance
+        t = (torch.rand(1, device=x0.device) + torch.arange(n, device=x0.device) / n) % 1.0
+        terms = self.bound(x0, t)
+        bpd = bits_per_dim(terms["nll_nats"], self.data.num_dims).mean()
+        logs = {"bits_per_dim": bpd.detach()}
+        if self.cfg.learned_schedule:
+            logs.update(gamma_min=self.gamma_ends[0].detach(), gamma_max=self.gamma_ends[1].detach())
+        return LossOutput(bpd, logs)
+
+    def evaluation_text(self, final: bool) -> str:
+        return "continuous-time bound, sampled t"
+
+    def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
+        x0 = self.scale(batch.x)
+        terms = self.bound(x0, torch.rand(x0.shape[0], device=x0.device))
+        terms["bits_per_dim"] = bits_per_dim(terms["nll_nats"], self.data.num_dims)
+        return terms
+
+    def metric_notes(self) -> list[str]:
+        d = self.data
+        low, high = (float(v) for v in self.gamma_ends)
+        schedule = "learned ends" if self.cfg.learned_schedule else "fixed"
+        return [
+            f"bits_per_dim and nll_nats: the continuous-time variational bound (Kingma et al. 2021) on "
+            f"-log P(x) of the discrete {d.levels}-level images scaled to [-1, 1], nats per image and "
+            f"nats / (D ln 2), D = {d.num_dims}: decoder_nats (-log p(x|z_0), p(x_i = v_k | z_0) "
+            f"proportional to N(z_0; alpha_0 v_k, sigma_0^2) over the {d.levels} values) + diffusion_nats (0.5 gamma'(t) "
+            f"||eps - eps_hat||^2 at one t ~ U(0, 1)) + prior_nats (KL(q(z_1|x) || N(0, I))); gamma linear "
+            f"in t from {low:.3f} to {high:.3f} ({schedule}); one draw of t and of the noise per image: an "
+            f"unbiased estimate; *_stderr: the standard error of the mean over the images",
+            f"samples: ancestral, {self.cfg.sampling_steps} steps on a uniform grid of t",
+        ]
+
+    # --- sampling -------------------------------------------------------------------------------------------
+    def draw(self, n: int, labels: Optional[Tensor], generator: Optional[torch.Generator],
+             temperature: Optional[float]) -> Tensor:
+        """Ancestral sampling through q(z_s | z_t, x = x_hat) on S times 1/S, ..., 1, then x_hat rounded."""
+        steps = self.cfg.sampling_steps
+        times = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+        with torch.no_grad():
+            gammas = self.gamma(times.to(self.gamma_ends)).double().cpu()
+        chain = GaussianDiffusion(torch.sigmoid(-gammas), Prediction.eps, ReverseVariance.fixed_small,
+                                  self.data.levels, steps=1000 * times)
+        table = chain.steps.to(device=self.device, dtype=torch.float32)
+
+        def denoiser(z: Tensor, i: Tensor) -> tuple[Tensor, Tensor, None]:
+            eps = self.net(z, table[i]).to(z.dtype)
+            return chain.x0_and_eps(eps, z, i) + (None,)
+
+        shape = (n, self.data.channels, self.data.height, self.data.width)
+        x = ancestral_sample(denoiser, chain, shape, clip=self.cfg.clip_denoised, generator=generator,
+                             device=self.device, dtype=next(self.parameters()).dtype)
+        levels = self.data.levels
+        return ((x.clamp(-1, 1) + 1) / 2 * (levels - 1)).round() / (levels - 1)
