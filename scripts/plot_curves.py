@@ -5,10 +5,10 @@ one figure per dataset with every run on it, and the published numbers as horizo
     python scripts/plot_curves.py <runs> --metric val/bits_per_dim --published "RealNVP=1.06" --out plots
 
 Everything comes from the runs' own files: the curve from the TensorBoard events (val/<metric> at each
-evaluation), images seen = step x trainer.batch_size from .hydra/config.yaml, minutes from the perf/train_minutes
-scalar the trainer logs at each evaluation (training time only, evaluations excluded). A run still training is
-drawn as far as it got. Binarized data is drawn in nats per image (what papers report), 8-bit data in bits/dim.
-Needs matplotlib (`pip install 'gentrain[plots]'`).
+evaluation), images seen = step x trainer.batch_size from .hydra/config.yaml, minutes from the
+perf/train_minutes scalar the trainer logs at each evaluation (training time only, evaluations excluded). A
+run still training is drawn as far as it got. Binarized data is drawn in nats per image (what papers report),
+8-bit data in bits/dim. Needs matplotlib (`pip install 'gentrain[plots]'`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from gentrain.errors import GentrainError
+from gentrain.files import write_file
 from gentrain.rundir import read_yaml
 
 # Published results to mark, by dataset label and metric tag: (label, value). Sources in the README's tables.
@@ -41,8 +42,8 @@ def read_curve(run_dir: Path, metric: str | None) -> dict:
     {step: minutes}, batch}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    # A resumed run's events after its last checkpoint are superseded: TensorBoard drops them (as it should) and
-    # says so per run; that is expected here, not news
+    # A resumed run's events after its last checkpoint are superseded: TensorBoard drops them (as it should)
+    # and says so per run; that is expected here, not news
     logging.getLogger("tensorboard").setLevel(logging.ERROR)
 
     config_file, overrides_file = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "overrides.yaml"
@@ -114,8 +115,8 @@ def plot(curves: list[dict], published: dict, out_dir: Path) -> list[Path]:
         by_images.set_xlabel("training images seen")
         by_minutes.set_ylabel(f"validation {unit}" + (" per image" if unit == "nats" else ""))
         by_images.set_xscale("log")
-        # 1, 2, 5 x 10^k labelled as 20k, 500k, 2M: the default labels every minor tick of a short range on top
-        # of each other
+        # 1, 2, 5 x 10^k labelled as 20k, 500k, 2M: the default labels every minor tick of a short range on
+        # top of each other
         by_images.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         by_images.xaxis.set_major_formatter(FuncFormatter(_short_count))
         by_images.xaxis.set_minor_formatter(NullFormatter())
@@ -126,7 +127,8 @@ def plot(curves: list[dict], published: dict, out_dir: Path) -> list[Path]:
         figure.tight_layout(rect=(0, 0.06 * ((len(members) + 1) // 2), 1, 1))
         slug = re.sub(r"\W+", "_", dataset).strip("_")
         path = out_dir / f"curves_{slug}_{unit}.png"
-        figure.savefig(path, dpi=110)
+        # Complete or absent, never written through a link (a figure replaces an earlier one of the same name)
+        write_file(path, lambda f: figure.savefig(f, dpi=110, format="png"))
         plt.close(figure)
         written.append(path)
     return written
