@@ -8,10 +8,10 @@ shapes.
            current pixel only (Ramachandran et al., 2017); PixelRNN keeps every layer's states and cells and
            computes one step of each LSTM per pixel; MADE computes the current pixel's output units only; the
            pixel Transformer runs each pixel's token once through its blocks, with every earlier key and value
-           cached; PixelCNN++ keeps every stage's maps, computes its down stream once per row and each stage of
-           its down-right stream at the current pixel only, at each resolution where that pixel is new. The same
-           distribution: tests/test_autoregressive.py (and test_pixelcnnpp.py) check the same images for a seed
-           and the parameters of the whole network within 1e-5
+           cached; PixelCNN++ keeps every stage's maps, computes its down stream once per row and each
+           stage of its down-right stream at the current pixel only, at each resolution where that pixel is
+           new. The same distribution: tests/test_autoregressive.py (and test_pixelcnnpp.py) check the same
+           images for a seed and the parameters of the whole network within 1e-5
 
     python scripts/bench_sampling.py                                 # every model's default config
     python scripts/bench_sampling.py --models row_lstm --batches 16  # one model, one batch size

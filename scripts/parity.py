@@ -45,7 +45,8 @@ FAMILIES = {
     "pixelrnn_row_lstm": Family(("experiment=pixelrnn_cpu", BINARIZED, "model.layer=row_lstm"), 300, 100,
                                 "nll_nats"),
     # Measured before the preset gained the paper's direct connections: the README's rows keep that network
-    "made": Family(("experiment=made_binarized_mnist", "model.direct_connections=false"), 2700, 540, "nll_nats"),
+    "made": Family(("experiment=made_binarized_mnist", "model.direct_connections=false"), 2700, 540,
+                   "nll_nats"),
     "made_32_masks": Family(("experiment=made_binarized_mnist", "model.direct_connections=false",
                              "model.num_masks=32"), 2700, 540, "nll_nats"),
     "realnvp": Family(("experiment=realnvp_cpu",), 450, 150, "bits_per_dim"),

@@ -1,7 +1,7 @@
 """Exact checks of the autoregressive family (PixelCNN, Gated PixelCNN, PixelRNN's two layers, MADE, the pixel
-Transformer): causality (exhaustively, by full Jacobians), the receptive fields (the blind spot, the Row LSTM's
-triangle, full cover), normalisation over every image, the samplers' shortcuts, the uniform-output baseline, and
-config errors."""
+Transformer): causality (exhaustively, by full Jacobians), the receptive fields (the blind spot, the Row
+LSTM's triangle, full cover), normalisation over every image, the samplers' shortcuts, the uniform-output
+baseline, and config errors."""
 
 from __future__ import annotations
 
@@ -149,7 +149,8 @@ def check_ordering(model, variant: str, channels: int) -> None:
 def test_the_row_lstm_sees_its_triangle():
     """In the row d above a pixel, the Row LSTM sees up to d - 1 + first_kernel_size // 2 columns to its right
     (the first layer's reach, widened by one column per row of state-to-state convolutions); in its own row,
-    first_kernel_size // 2 + layers * (kernel_size // 2) columns to its left. Exactly: one further is unseen."""
+    first_kernel_size // 2 + layers * (kernel_size // 2) columns to its left. Exactly: one further is
+    unseen."""
     height, width, layers = 5, 9, 2
     model = build("row_lstm", DataInfo(1, height, width, 2, None), output=PixelOutput.bernoulli, num_layers=layers,
                   first_kernel_size=5, kernel_size=3)

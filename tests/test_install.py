@@ -40,11 +40,12 @@ def test_non_editable_install_into_another_venv(tmp_path: Path) -> None:
     installed = site_packages / "gentrain" / "configs"
     assert (installed / "config.yaml").exists() and (installed / "model" / "vae.yaml").exists()
     assert (site_packages / "hydra_plugins" / "gentrain_launcher" / "__init__.py").exists()  # hydra/launcher=slurm
-    # pyproject.toml lists the packages by hand (the configs live outside src/): a new sub-package must be there
+    # pyproject.toml lists the packages by hand (the configs live outside src/): a new sub-package must be
+    # there
     packages = sorted(p.parent.relative_to(REPO / "src") for p in (REPO / "src").rglob("__init__.py")
                       if "egg-info" not in str(p) and "__pycache__" not in str(p))
     missing = [str(p) for p in packages if not (site_packages / p / "__init__.py").exists()]
-    assert missing == [], f"not installed (add them to [tool.setuptools] packages in pyproject.toml): {missing}"
+    assert missing == [], f"not installed (list them in pyproject.toml's [tool.setuptools]): {missing}"
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
     located = subprocess.run([python, "-c", "import gentrain.configs as c; print(c.__file__)"], cwd=tmp_path,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, command_in_process, gentrain_in_process
-from test_run_directory import QUICK, finished_run, one_error_line, run_copy, snapshot  # noqa: F401 (fixtures)
+# finished_run and run_copy are fixtures
+from test_run_directory import QUICK, finished_run, one_error_line, run_copy, snapshot  # noqa: F401
 
 import gentrain.files as files_module
 from gentrain import cli_eval, cli_sample
@@ -85,7 +86,7 @@ def test_every_file_is_written_through_files_py() -> None:
     assert found == [], "\n".join(found)
 
 
-# --- run directories: links inside are never followed ------------------------------------------------------------
+# --- run directories: links inside are never followed -------------------------------------------------------
 @pytest.mark.parametrize("link", ["train.log", "samples", "checkpoints"])
 def test_a_resume_never_writes_through_a_link_in_the_run(run_copy: Path, tmp_path: Path, link: str) -> None:
     outside = tmp_path / "outside"
@@ -133,7 +134,7 @@ def test_sample_and_eval_refuse_a_linked_output_folder_in_the_run(run_copy: Path
     assert list(outside.iterdir()) == []
 
 
-# --- output files the user may already have -------------------------------------------------------------------
+# --- output files the user may already have -----------------------------------------------------------------
 def test_existing_outputs_are_kept_unless_overwrite(run_copy: Path, tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -176,7 +177,7 @@ def test_interrupted_or_full_disk_writes_leave_no_partial_file(run_copy: Path, m
     assert not (run_copy / "eval" / "metrics.json").exists()
 
 
-# --- reading a run's YAML is bounded --------------------------------------------------------------------------
+# --- reading a run's YAML is bounded ------------------------------------------------------------------------
 def test_a_yaml_alias_bomb_or_a_huge_config_is_refused_at_once(run_copy: Path) -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 12)]  # 9^12 values
@@ -192,7 +193,8 @@ def test_a_yaml_alias_bomb_or_a_huge_config_is_refused_at_once(run_copy: Path) -
 
 def test_a_run_never_replaces_files_it_did_not_write(tmp_path: Path) -> None:
     """hydra.run.dir=<a folder of the user's> holding a metrics.json (or train.log, samples/ ...) that no run
-    wrote: a fresh run there would replace or append to them; it stops first, and the folder stays as it was."""
+    wrote: a fresh run there would replace or append to them; it stops first, and the folder stays as it
+    was."""
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "metrics.json").write_text('{"my": "numbers"}')
@@ -204,8 +206,8 @@ def test_a_run_never_replaces_files_it_did_not_write(tmp_path: Path) -> None:
 
 
 def test_a_sweep_never_replaces_summaries_it_did_not_write(tmp_path: Path) -> None:
-    """hydra.sweep.dir=<a folder of the user's> with a summary.md of their own: refused before any job; a folder
-    that an earlier gentrain sweep filled is continued as before."""
+    """hydra.sweep.dir=<a folder of the user's> with a summary.md of their own: refused before any job; a
+    folder that an earlier gentrain sweep filled is continued as before."""
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "summary.md").write_text("my table")

@@ -29,8 +29,9 @@ PathLike = Union[str, Path]
 
 @dataclass
 class Run:
-    """A finished (or running) run, loaded: its model in eval mode with the weights it is evaluated with (the EMA
-    average when the run kept one), its config, the shape of its data and the checkpoint they came from."""
+    """A finished (or running) run, loaded: its model in eval mode with the weights it is evaluated with (the
+    EMA average when the run kept one), its config, the shape of its data and the checkpoint they came
+    from."""
 
     path: Path
     model: GenerativeModel
@@ -63,22 +64,25 @@ def load_run(path: PathLike, *, checkpoint: str = "best", device: str = "auto",
     return Run(loaded.run_dir, loaded.model, loaded.config, loaded.data, loaded.step, loaded.checkpoint)
 
 
-def build_model(model: str, *, dataset: str = "mnist", overrides: Sequence[str] = (), **options: Any) -> GenerativeModel:
+def build_model(model: str, *, dataset: str = "mnist", overrides: Sequence[str] = (),
+                **options: Any) -> GenerativeModel:
     """A new, untrained model as `gentrain model=<model> dataset=<dataset>` would build it: `options` set the
-    model's own settings (build_model("vae", latent_dim=8)), `overrides` any other (["dataset.binarize=static"])."""
+    model's own settings (build_model("vae", latent_dim=8)), `overrides` any other
+    (["dataset.binarize=static"])."""
     from gentrain.composition import build_model as build
     from gentrain.composition import compose, to_config
 
-    chosen = [f"model={model}", f"dataset={dataset}", *overrides, *(f"model.{k}={v}" for k, v in options.items())]
+    options_given = (f"model.{k}={v}" for k, v in options.items())
+    chosen = [f"model={model}", f"dataset={dataset}", *overrides, *options_given]
     config = to_config(compose(chosen))
     return build(config.model, config.dataset.data_info())
 
 
 def train(overrides: Sequence[str] = (), *, run_dir: Optional[PathLike] = None) -> dict[str, Any]:
     """Train as `gentrain <overrides>` would, in this process, and return the final metrics (metrics.json's
-    content): the same checks first (a bad value leaves no directory behind), `trainer.resume=<run>` continuing
-    that run in its own directory, the same run directory, lock, logs and files. The run goes to `run_dir`, else
-    where the command would put it (outputs/<date>/<time>)."""
+    content): the same checks first (a bad value leaves no directory behind), `trainer.resume=<run>`
+    continuing that run in its own directory, the same run directory, lock, logs and files. The run goes to
+    `run_dir`, else where the command would put it (outputs/<date>/<time>)."""
     from omegaconf import open_dict, read_write
 
     from gentrain import run_names
@@ -95,5 +99,6 @@ def train(overrides: Sequence[str] = (), *, run_dir: Optional[PathLike] = None) 
     hydra_cfg = full.hydra
     with read_write(full), open_dict(full):
         del full["hydra"]
-    logging.getLogger("gentrain").setLevel(logging.INFO)  # train.log gets the whole story, as with the command
+    # train.log gets the whole story, as with the command
+    logging.getLogger("gentrain").setLevel(logging.INFO)
     return run_in_directory(full, directory, hydra_cfg)

@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 
 def _require_writable(directory: Path, key: str, *, may_hold_run: bool) -> None:
     """One line and exit 2 when the directory cannot be written or lies in another run's files (rundir.py:
-    refuse_run_files). Hydra turns an exception raised in a callback into a warning and carries on, so this exits
-    directly."""
+    refuse_run_files). Hydra turns an exception raised in a callback into a warning and carries on, so this
+    exits directly."""
     from gentrain.errors import EXIT_USER_ERROR, RunDirectoryError
     from gentrain.rundir import refuse_run_files, require_writable
 
@@ -26,8 +26,8 @@ def _require_writable(directory: Path, key: str, *, may_hold_run: bool) -> None:
 
 
 class RunDirectoryCheck(Callback):
-    """Refuse to start when the run or sweep directory is not writable or lies in another run's files (instead of
-    a traceback mid-start, or files mixed with a run's)."""
+    """Refuse to start when the run or sweep directory is not writable or lies in another run's files (instead
+    of a traceback mid-start, or files mixed with a run's)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _require_writable(Path(config.hydra.run.dir), "hydra.run.dir", may_hold_run=True)  # resumed there
@@ -41,13 +41,15 @@ class RunDirectoryCheck(Callback):
         if named_by_launch_time(config.hydra.sweep):  # one command's; a chosen directory is reused
             claim_sweep_directory(sweep_dir)
         elif foreign_files(sweep_dir, sweep=True):  # a folder of the user's: its summaries would be replaced
-            print(f"gentrain: error: {sweep_dir} already has {', '.join(foreign_files(sweep_dir, sweep=True))}, "
+            theirs = ", ".join(foreign_files(sweep_dir, sweep=True))
+            print(f"gentrain: error: {sweep_dir} already has {theirs}, "
                   f"not from a gentrain sweep: choose an empty or new hydra.sweep.dir", file=sys.stderr)
             raise SystemExit(2)
 
 
 class SweepSummary(Callback):
-    """After a sweep: summary.csv / summary.md in the sweep directory, and a non-zero exit if any job failed."""
+    """After a sweep: summary.csv / summary.md in the sweep directory, and a non-zero exit if any job
+    failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from gentrain.sweeps import write_summary
@@ -58,8 +60,10 @@ class SweepSummary(Callback):
             print(f"gentrain: error: the sweep left no job in {sweep_dir}", file=sys.stderr)
             raise SystemExit(1)
         failed = [j for j in jobs if j["status"] != "finished"]
-        print(f"gentrain: sweep of {len(jobs)} jobs finished, {len(failed)} failed; summary: {sweep_dir / 'summary.md'}")
+        print(f"gentrain: sweep of {len(jobs)} jobs finished, {len(failed)} failed; "
+              f"summary: {sweep_dir / 'summary.md'}")
         for job in failed:
-            print(f"  job {job.get('job')} ({' '.join(job.get('overrides', []))}): {job['status']}: {job.get('error', '')}")
+            overrides = " ".join(job.get("overrides", []))
+            print(f"  job {job.get('job')} ({overrides}): {job['status']}: {job.get('error', '')}")
         if failed:
             raise SystemExit(1)

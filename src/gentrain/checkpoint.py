@@ -40,21 +40,24 @@ def atomic_save(state: dict[str, Any], path: Path) -> None:
         cause = err if isinstance(err, OSError) else storage_error(err)  # torch wraps it in a RuntimeError
         if cause is not None:
             raise CheckpointError(
-                f"could not write checkpoint {path} ({cause.strerror or cause}); earlier checkpoints are intact"
+                f"could not write checkpoint {path} ({cause.strerror or cause}); earlier checkpoints are "
+                f"intact"
             ) from None
         raise
 
 
 # What every checkpoint holds, and what continuing its training needs besides (name -> type).
 CONTENTS = {"identity": dict, "model": dict, "step": int}
-TRAINING_STATE = {"optimizers": dict, "schedulers": dict, "scaler": dict, "batches": dict, "best_metric": float,
-                  "nonfinite_skipped": int, "train_seconds": float, "wall_minutes": float, "rng": dict}
+TRAINING_STATE = {"optimizers": dict, "schedulers": dict, "scaler": dict, "batches": dict,
+                  "best_metric": float, "nonfinite_skipped": int, "train_seconds": float,
+                  "wall_minutes": float, "rng": dict}
 IDENTITY = {"model": str, "model_config": dict, "data": dict}
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu", *, for_training: bool = False) -> dict[str, Any]:
-    """torch.load with weights_only=True (tensors and plain containers only, never arbitrary objects), checked to
-    hold what gentrain needs from it: a damaged or foreign file is refused in one line, before anything uses it."""
+    """torch.load with weights_only=True (tensors and plain containers only, never arbitrary objects), checked
+    to hold what gentrain needs from it: a damaged or foreign file is refused in one line, before anything
+    uses it."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError as err:
@@ -65,17 +68,19 @@ def load_checkpoint(path: Path, map_location: Any = "cpu", *, for_training: bool
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a gentrain checkpoint")
     wanted = {**CONTENTS, **(TRAINING_STATE if for_training else {})}
-    bad = [k for k, kind in wanted.items() if not isinstance(state.get(k), kind if kind is not float else (int, float))]
+    accepted = {k: (int, float) if kind is float else kind for k, kind in wanted.items()}
+    bad = [k for k, kind in accepted.items() if not isinstance(state.get(k), kind)]
     identity = state.get("identity") if isinstance(state.get("identity"), dict) else {}
     bad += [f"identity.{k}" for k, kind in IDENTITY.items() if not isinstance(identity.get(k), kind)]
     if bad:
-        raise CheckpointError(f"{path} is damaged or incomplete: {', '.join(bad)} missing or of the wrong type")
+        raise CheckpointError(f"{path} is damaged or incomplete: {', '.join(bad)} missing or of the wrong "
+                              f"type")
     return state
 
 
 def resume_source(source: Optional[str], run_dir: Path) -> Optional[Path]:
-    """The checkpoint trainer.resume names: 'auto' = this run's latest (None when it has none yet), a run directory
-    = its latest, or a checkpoint file."""
+    """The checkpoint trainer.resume names: 'auto' = this run's latest (None when it has none yet), a run
+    directory = its latest, or a checkpoint file."""
     if not source:
         return None
     if source == "auto":
@@ -103,19 +108,23 @@ def check_identity(state: dict[str, Any], expected: dict[str, Any], path: Path) 
     mutable = getattr(registry.configs("model").get(expected["model"]), "mutable", frozenset())
     saved = state.get("identity", {})
     if saved.get("model") != expected["model"]:
-        raise CheckpointError(f"{path} is a checkpoint of model '{saved.get('model')}', but this run trains '{expected['model']}'")
+        raise CheckpointError(f"{path} is a checkpoint of model '{saved.get('model')}', but this run trains "
+                              f"'{expected['model']}'")
     if "data" in expected and saved.get("data") != expected["data"]:
-        raise CheckpointError(f"{path} was trained on data of shape {saved.get('data')}, this run has {expected['data']}")
+        raise CheckpointError(f"{path} was trained on data of shape {saved.get('data')}, this run has "
+                              f"{expected['data']}")
     saved_cfg, our_cfg = saved.get("model_config", {}), expected["model_config"]
     differing = [k for k in sorted(set(saved_cfg) | set(our_cfg))
                  if saved_cfg.get(k) != our_cfg.get(k) and not k.startswith("optim") and k not in mutable]
     if differing:
-        details = ", ".join(f"model.{k}: {saved_cfg.get(k)!r} there, {our_cfg.get(k)!r} here" for k in differing)
+        details = ", ".join(f"model.{k}: {saved_cfg.get(k)!r} there, {our_cfg.get(k)!r} here"
+                            for k in differing)
         raise CheckpointError(f"{path} was trained with another model config ({details})")
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator a run draws from (Python, NumPy, torch CPU and CUDA), as tensors and plain values."""
+    """Every random generator a run draws from (Python, NumPy, torch CPU and CUDA), as tensors and plain
+    values."""
     numpy_state = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -204,7 +213,8 @@ class CheckpointManager:
         return path
 
     def _mark_best(self, path: Path) -> None:
-        """best.pt becomes a hard link to `path` (a copy where links are not supported), swapped in atomically."""
+        """best.pt becomes a hard link to `path` (a copy where links are not supported), swapped in
+        atomically."""
         best = self.directory / "best.pt"
         tmp = best.with_name(f".best.pt.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)

@@ -1,12 +1,14 @@
 """The `gentrain` command: the Hydra entry point. One run's body is run.py's; this file turns the command line
-into Hydra's arguments (resumes, torchrun ranks), answers --help and --version quickly, and keeps the exit contract.
+into Hydra's arguments (resumes, torchrun ranks), answers --help and --version quickly, and keeps the exit
+contract.
 
-Exit statuses are errors.py's contract: a user error (a bad value, Hydra's own composition errors, missing data,
-a run directory in use...) prints one line on stderr and exits with 2; a signal exits with 128 + its number; a
-bug prints its traceback and exits with 1. HYDRA_FULL_ERROR=1 shows the traceback of user errors too.
+Exit statuses are errors.py's contract: a user error (a bad value, Hydra's own composition errors, missing
+data, a run directory in use...) prints one line on stderr and exits with 2; a signal exits with 128 + its
+number; a bug prints its traceback and exits with 1. HYDRA_FULL_ERROR=1 shows the traceback of user errors
+too.
 
-A run directory is data (rundir.py): the run locks it first, and writes nothing into it (no .hydra/, train.log or
-status.json) until every check has passed, so a refused command leaves an existing run byte-identical. In a
+A run directory is data (rundir.py): the run locks it first, and writes nothing into it (no .hydra/, train.log
+or status.json) until every check has passed, so a refused command leaves an existing run byte-identical. In a
 sweep (`-m`) a failing job is recorded in its status.json and the other jobs still run (callbacks.py).
 """
 
@@ -33,7 +35,8 @@ _failure: list[BaseException] = []
 
 
 def _task(cfg: Any) -> float:
-    """Hydra's task: one run, or one job of a sweep (whose failure is recorded and does not stop the others)."""
+    """Hydra's task: one run, or one job of a sweep (whose failure is recorded and does not stop the
+    others)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -42,7 +45,9 @@ def _task(cfg: Any) -> float:
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    log_format = LOG_FORMAT.replace("][%(name)s", f"][job {hydra_cfg.job.num}][%(name)s") if sweep else LOG_FORMAT
+    log_format = LOG_FORMAT
+    if sweep:  # each line names its job
+        log_format = LOG_FORMAT.replace("][%(name)s", f"][job {hydra_cfg.job.num}][%(name)s")
     if sweep:  # parallel jobs share a console: each line says whose it is
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter(log_format))
@@ -63,7 +68,8 @@ def _task(cfg: Any) -> float:
 
 
 def _parallel_jobs(hydra_cfg: Any) -> int:
-    """How many jobs of this sweep run at once on this machine (joblib's n_jobs; 1 for the other launchers)."""
+    """How many jobs of this sweep run at once on this machine (joblib's n_jobs; 1 for the other
+    launchers)."""
     n_jobs = hydra_cfg.launcher.get("n_jobs") if "launcher" in hydra_cfg else None
     if not isinstance(n_jobs, int) or n_jobs == 0:
         return 1
@@ -85,8 +91,9 @@ def _unquoted(value: str) -> str:
 
 def resume_arguments(arguments: list[str], *, sweep: bool = False) -> list[str]:
     """`trainer.resume=<run dir or checkpoint>` continues that run in its own directory with its own config:
-    the run's saved overrides come first (only gentrain's own settings: rundir.replayable_overrides), then those
-    given now (which win), then its directory. The command and the Python API (api.train) both go through it."""
+    the run's saved overrides come first (only gentrain's own settings: rundir.replayable_overrides), then
+    those given now (which win), then its directory. The command and the Python API (api.train) both go
+    through it."""
     from gentrain.rundir import replayable_overrides
 
     given = [a for a in arguments if a.startswith("trainer.resume=")]
@@ -94,12 +101,13 @@ def resume_arguments(arguments: list[str], *, sweep: bool = False) -> list[str]:
     if source in (None, "", "auto", "null"):
         return arguments
     if sweep:
-        raise RunDirectoryError("a sweep cannot resume one run; use trainer.resume=auto with a fixed hydra.sweep.dir")
+        raise RunDirectoryError("a sweep cannot resume one run; use trainer.resume=auto with a fixed "
+                                "hydra.sweep.dir")
     path = Path(source).expanduser().absolute()
     run_dir = path if path.is_dir() else path.parent.parent
     if not path.exists() or not (run_dir / ".hydra" / "overrides.yaml").is_file():
-        raise RunDirectoryError(f"trainer.resume={source} is not a gentrain run directory or one of its checkpoints "
-                                f"(no {run_dir / '.hydra' / 'overrides.yaml'})")
+        raise RunDirectoryError(f"trainer.resume={source} is not a gentrain run directory or one of its "
+                                f"checkpoints (no {run_dir / '.hydra' / 'overrides.yaml'})")
     saved = [o for o in replayable_overrides(run_dir) if not o.startswith("trainer.resume=")]
     rest = [a for a in arguments if not a.startswith("trainer.resume=")]
     here = [] if any(a.startswith("hydra.run.dir=") for a in arguments) \
@@ -136,14 +144,15 @@ def _hydra_raises() -> Iterator[None]:
         yield
 
 
-# Config folders that are not choices for users: Hydra's own, and trainer_model/, which config.yaml picks by itself
-# (<trainer>_<model>, e.g. the VAE's smaller IW bound under trainer=debug).
+# Config folders that are not choices for users: Hydra's own, and trainer_model/, which config.yaml picks by
+# itself (<trainer>_<model>, e.g. the VAE's smaller IW bound under trainer=debug).
 INTERNAL_GROUPS = ("hydra", "trainer_model", "__pycache__")
 
 
 def _help(arguments: list[str]) -> str:
-    """Hydra's help template (configs/config.yaml, hydra.help.template) filled in by listing the config folders,
-    instead of Hydra's own listing, which copies every stored config once per group option (seconds of CPU)."""
+    """Hydra's help template (configs/config.yaml, hydra.help.template) filled in by listing the config
+    folders, instead of Hydra's own listing, which copies every stored config once per group option (seconds
+    of CPU)."""
     import string
     from importlib import resources
 
@@ -157,7 +166,8 @@ def _help(arguments: list[str]) -> str:
     groups = {entry.name: sorted(option.name.removesuffix(".yaml") for option in entry.iterdir()
                                  if option.name.endswith(".yaml"))
               for entry in configs.iterdir() if entry.is_dir() and entry.name not in INTERNAL_GROUPS}
-    listing = "\n".join(f"{group}: {', '.join(options)}" for group, options in sorted(groups.items()) if options)
+    listing = "\n".join(f"{group}: {', '.join(options)}"
+                        for group, options in sorted(groups.items()) if options)
     config = OmegaConf.to_yaml(compose([a for a in arguments if "=" in a and not a.startswith("-")]))
     return string.Template(template).safe_substitute(APP_CONFIG_GROUPS=listing, CONFIG=config)
 
@@ -199,7 +209,7 @@ def main() -> None:
                         hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",
                                    config_name="config")(_task)()
                     break
-                except run_names.LaunchTaken as taken:  # a sweep started in the same second has that directory
+                except run_names.LaunchTaken as taken:  # a sweep of the same second has it
                     launch += datetime.timedelta(seconds=1)
                     run_names.set_launch_time(launch)
                     log.info("%s: this sweep takes the next second's directory", taken)

@@ -4,11 +4,11 @@
     gentrain-eval run=... metrics.fid.enabled=true metrics.fid.num_samples=50000   # FID with 50k samples
     gentrain-eval run=... splits=[val,test] checkpoint=last dataset.root=/data
 
-Options: run (required), checkpoint (best | last | a file; default best), splits (default [test]),
-batch_size, device, seed, out, overwrite; any other key=value overrides the run's saved config. The model gets the
+Options: run (required), checkpoint (best | last | a file; default best), splits (default [test]), batch_size,
+device, seed, out, overwrite; any other key=value overrides the run's saved config. The model gets the
 expensive end-of-run treatment (final=True) on every split. Results go to <run>/eval/metrics.json and to
-TensorBoard (<run>/eval/, tags eval/<split>/<metric>), or into `out=<folder>`; the training checkpoints are only
-read. An earlier evaluation's files there are never replaced unless `overwrite=true`.
+TensorBoard (<run>/eval/, tags eval/<split>/<metric>), or into `out=<folder>`; the training checkpoints are
+only read. An earlier evaluation's files there are never replaced unless `overwrite=true`.
 """
 
 from __future__ import annotations
@@ -65,13 +65,15 @@ def evaluate_run(options: EvalOptions, overrides: list[str]) -> tuple[dict[str, 
     dataset = load_dataset(config.dataset).to(device)
     if dataset.info != run.data:
         raise ConfigError(f"the data now has shape {dataset.info}, but the run was trained on {run.data}")
+    data_root = resolve_root(getattr(config.dataset, "root", None))
     sample_metrics = build_sample_quality(
-        config.metrics.fid, model=run.model, dataset=dataset, data_root=resolve_root(getattr(config.dataset, "root", None)),
+        config.metrics.fid, model=run.model, dataset=dataset, data_root=data_root,
         device=device, seed=seed, progress=config.trainer.progress_bar,
     )
     evaluator = Evaluator(
         run.model, dataset, batch_size=options.batch_size or config.trainer.eval_batch_size,
-        precision=config.trainer.precision, device=device, seed=seed, limit=config.trainer.eval_limit, ema=run.ema,
+        precision=config.trainer.precision, device=device, seed=seed, limit=config.trainer.eval_limit,
+        ema=run.ema,
         sample_metrics=sample_metrics, progress=config.trainer.progress_bar,
     )
     results: dict[str, Any] = {

@@ -1,11 +1,13 @@
 """A run directory is data: reading it never runs or instantiates anything it names, one process at a time
 works in it, and a command that is refused leaves it byte-identical.
 
-- `read_yaml` / `read_json` / `replayable_overrides`: the only ways gentrain reads a run's text files. YAML tags
+- `read_yaml` / `read_json` / `replayable_overrides`: the only ways gentrain reads a run's text files. YAML
+tags
   (`!!python/object...`) are refused, and a resume replays only overrides of gentrain's own settings.
 - `RunLock` (runlock.py): one process at a time; a second one on the same directory stops with one line.
 - `RunDirectory`: the lock, the clean-up of temporaries a killed process left, and the moment a run *commits*:
-  until then nothing is written (log records wait in memory); `commit()` writes `.hydra/` and starts `train.log`.
+  until then nothing is written (log records wait in memory); `commit()` writes `.hydra/` and starts
+  `train.log`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ REPLAYED_ROOTS = ("model", "dataset", "trainer", "metrics", "seed", "name", "exp
 CONFIG_GROUPS = ("model", "dataset", "trainer", "experiment")
 
 
-# --- reading ----------------------------------------------------------------------------------------------------
+# --- reading
+# ----------------------------------------------------------------------------------------------------
 MAX_TEXT_BYTES = 4 << 20  # a run's YAML and JSON files are a few kilobytes
 MAX_YAML_NODES = 100_000  # values a run's YAML may expand to, aliases counted each time they are used
 
@@ -75,8 +78,8 @@ def expanded_size(node: Any, sizes: dict[int, int]) -> int:
 
 
 def read_yaml(path: Path) -> Any:
-    """Plain YAML data: mappings, lists, strings, numbers. A tag that would build an object is refused, and so are
-    files larger, or expanding to more values, than any that gentrain writes."""
+    """Plain YAML data: mappings, lists, strings, numbers. A tag that would build an object is refused, and so
+    are files larger, or expanding to more values, than any that gentrain writes."""
     from omegaconf._utils import get_yaml_loader  # OmegaConf's safe loader (YAML 1.2 floats)
 
     loader = get_yaml_loader()(read_text(path))
@@ -146,10 +149,11 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return files.remove_stale_temporaries(folders, process_alive)
 
 
-# --- one run in its directory ---------------------------------------------------------------------------------
+# --- one run in its directory
+# ---------------------------------------------------------------------------------
 def require_writable(folder: Path, hint: str) -> Path:
-    """Create `folder` and check that files can be written in it, before any work that would write there is done;
-    `hint` says how to choose another (e.g. 'choose another with hydra.run.dir=...')."""
+    """Create `folder` and check that files can be written in it, before any work that would write there is
+    done; `hint` says how to choose another (e.g. 'choose another with hydra.run.dir=...')."""
     probe = folder / f"{WRITE_CHECK}{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,10 +171,11 @@ def holds_run(folder: Path) -> bool:
 
 
 def foreign_files(folder: Path, *, sweep: bool = False) -> list[str]:
-    """The names a run (or a `sweep`) writes that a folder holding none already has: someone else's files, which
-    a fresh run or sweep there would replace or append to."""
+    """The names a run (or a `sweep`) writes that a folder holding none already has: someone else's files,
+    which a fresh run or sweep there would replace or append to."""
     if sweep:
-        if os.path.lexists(folder / SWEEP_MARKER) or any(holds_run(p) for p in folder.iterdir() if p.is_dir()):
+        if os.path.lexists(folder / SWEEP_MARKER) or any(holds_run(p) for p in folder.iterdir()
+                                                         if p.is_dir()):
             return []  # a sweep's own directory, continued
         names: tuple[str, ...] = ("summary.csv", "summary.md", "multirun.yaml")
     else:
@@ -179,9 +184,9 @@ def foreign_files(folder: Path, *, sweep: bool = False) -> list[str]:
 
 
 def refuse_run_files(folder: Path, option: str, *, itself: bool = True) -> None:
-    """A chosen output folder must not be a run directory (unless `itself` may be: a training run resumes there),
-    nor in a run's .hydra/ or checkpoints/: what the command writes there (metrics.json, TensorBoard events,
-    images, a nested run) would overwrite or mix with the run's own files."""
+    """A chosen output folder must not be a run directory (unless `itself` may be: a training run resumes
+    there), nor in a run's .hydra/ or checkpoints/: what the command writes there (metrics.json, TensorBoard
+    events, images, a nested run) would overwrite or mix with the run's own files."""
     folder = Path(os.path.abspath(folder))
     for owner in (folder, *folder.parents) if itself else folder.parents:
         if not holds_run(owner):
@@ -196,8 +201,8 @@ def refuse_run_files(folder: Path, option: str, *, itself: bool = True) -> None:
 
 def claim_sweep_directory(folder: Path) -> None:
     """A sweep directory named by the launch time holds one command's jobs: the first command claims it by
-    creating its marker file (atomically); a command that finds it claimed, or filled by an older sweep, raises
-    run_names.LaunchTaken instead of mixing its jobs and summary into it."""
+    creating its marker file (atomically); a command that finds it claimed, or filled by an older sweep,
+    raises run_names.LaunchTaken instead of mixing its jobs and summary into it."""
     if any(p.name != SWEEP_MARKER and not p.name.startswith(WRITE_CHECK) for p in folder.iterdir()):
         raise LaunchTaken(folder)
     try:
@@ -209,8 +214,8 @@ def claim_sweep_directory(folder: Path) -> None:
 
 
 def refuse_links(run_dir: Path) -> None:
-    """One line, before anything is written, when a folder or the log of the run is a symbolic link: what gentrain
-    writes there would land wherever the link points (a downloaded run, or a hostile one)."""
+    """One line, before anything is written, when a folder or the log of the run is a symbolic link: what
+    gentrain writes there would land wherever the link points (a downloaded run, or a hostile one)."""
     for name in (*RUN_FOLDERS, "train.log"):
         if (run_dir / name).is_symlink():
             raise RunDirectoryError(f"{run_dir / name} is a symbolic link: gentrain does not write through links "
@@ -257,8 +262,8 @@ class RunDirectory:
         return self
 
     def commit(self, contents: dict[str, str]) -> None:
-        """The run passed its checks: write `contents` (path in the run -> text, e.g. .hydra/config.yaml) and start
-        train.log with everything logged so far."""
+        """The run passed its checks: write `contents` (path in the run -> text, e.g. .hydra/config.yaml) and
+        start train.log with everything logged so far."""
         if not self.writer or self.committed:
             return
         for name, text in contents.items():

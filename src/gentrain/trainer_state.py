@@ -63,7 +63,8 @@ class TrainerState:
         log.info("resumed from %s at step %d (epoch %d)", source, self.step, self.batches.epoch)
 
     def _save_and_exit(self, signum: int) -> None:
-        """A stop signal: checkpoint the step reached and exit with 128 + the signal (errors.deferred_stop)."""
+        """A stop signal: checkpoint the step reached and exit with 128 + the signal
+        (errors.deferred_stop)."""
         state = self.state_dict()  # on every process (a collective), before the barrier
         if self.parallel.is_main:
             self.checkpoints.save(state, self.step, best=False, keep_also=self.last_good)
@@ -74,7 +75,8 @@ class TrainerState:
                         f"Continue with: gentrain trainer.resume={self.run_dir}", signum)
 
     def _restore_best(self, last_validation: dict[str, float]) -> dict[str, float]:
-        """Back to the best checkpoint's weights (and EMA) for the final test pass -> its validation metrics."""
+        """Back to the best checkpoint's weights (and EMA) for the final test pass -> its validation
+        metrics."""
         if self.best_step == self.step or self.best_validation is None:
             return last_validation
         distributed.barrier()  # rank 0 has written best.pt

@@ -2,9 +2,9 @@
 report on (NADE, MADE, PixelCNN, PixelRNN, IWAE), `dataset=mnist dataset.binarize=fixed`.
 
 Three text files, `binarized_mnist_{train,valid,test}.amat` (50,000, 10,000 and 10,000 rows of 784 values 0 or
-1 separated by spaces, raster order), in `<root>/binarized_mnist/`, downloaded when missing and checked against
-the sha256 digests TensorFlow Datasets publishes for them. Their splits are the published ones (no hold-out is
-drawn) and they carry no labels.
+1 separated by spaces, raster order), in `<root>/binarized_mnist/`, downloaded when missing and checked
+against the sha256 digests TensorFlow Datasets publishes for them. Their splits are the published ones (no
+hold-out is drawn) and they carry no labels.
 """
 
 from __future__ import annotations

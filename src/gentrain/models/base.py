@@ -44,12 +44,13 @@ class Update:
 
 
 class GenerativeModel(nn.Module):
-    """Base class of every model. A model attaches itself to the config class that names it,
-    `class VAE(GenerativeModel, config=VAEConfig)` (gentrain/registry.py), and implements the abstract methods.
+    """Base class of every model. A model attaches itself to the config class that names it, `class
+    VAE(GenerativeModel, config=VAEConfig)` (gentrain/registry.py), and implements the abstract methods.
 
-    Its config class may declare, as class variables, `mutable`: option keys that may differ between a checkpoint
-    and the run that loads it (they change how the model is trained or evaluated, not what its weights mean), and
-    `evaluation_budget`: option keys that set what the end-of-run evaluation costs (trainer=debug shrinks them).
+    Its config class may declare, as class variables, `mutable`: option keys that may differ between a
+    checkpoint and the run that loads it (they change how the model is trained or evaluated, not what its
+    weights mean), and `evaluation_budget`: option keys that set what the end-of-run evaluation costs
+    (trainer=debug shrinks them).
     """
 
     config_class: ClassVar[type]
@@ -60,8 +61,8 @@ class GenerativeModel(nn.Module):
     has_temperature: ClassVar[bool] = False  # sample() scales its noise by a temperature
     # NHWC weights on a CPU too (trainer.channels_last=null): for the models it was measured to speed up
     channels_last_on_cpu: ClassVar[bool] = False
-    # What evaluate(final=True) of one image costs, in training images: sizes the end-of-run bounds' test images
-    # to the run (TrainerConfig.final_images_for)
+    # What evaluate(final=True) of one image costs, in training images: sizes the end-of-run bounds' test
+    # images to the run (TrainerConfig.final_images_for)
     final_cost: float = 1.0
     # Per-image values of evaluate() that are random estimates (a sampled diffusion step): the evaluator also
     # reports <name>_stderr, the standard error of their mean over the images
@@ -90,8 +91,8 @@ class GenerativeModel(nn.Module):
 
     # --- training -------------------------------------------------------------------------------------
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        """One optimizer, "model", over every parameter with the options' `optim`: a single-objective model needs
-        nothing more. Models with several (GANs) name each optimizer and the parameters it steps."""
+        """One optimizer, "model", over every parameter with the options' `optim`: a single-objective model
+        needs nothing more. Models with several (GANs) name each optimizer and the parameters it steps."""
         return {"model": OptimizerSpec(self.parameters(), self.cfg.optim)}
 
     def updates(self) -> list[Update]:
@@ -143,12 +144,14 @@ class GenerativeModel(nn.Module):
         raise ConfigError(f"{type(self).__name__} cannot complete images: completion is for the PixelCNN family")
 
     def interpolate(self, batch: Batch, steps: int = 10) -> Tensor:
-        """Images along paths between pairs of the batch's images, (pairs, steps, C, H, W) (latent-variable models)."""
+        """Images along paths between pairs of the batch's images, (pairs, steps, C, H, W) (latent-variable
+        models)."""
         raise ConfigError(f"{type(self).__name__} cannot interpolate between images: interpolation is for VAEs")
 
     @torch.no_grad()
     def visualize(self, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
-        """Image grids for TensorBoard (name -> images in [0, 1]); `batch` is a fixed set of validation images."""
+        """Image grids for TensorBoard (name -> images in [0, 1]); `batch` is a fixed set of validation
+        images."""
         return {"samples": self.sample(len(batch), generator=generator)}
 
     def compile_targets(self) -> list[nn.Module]:

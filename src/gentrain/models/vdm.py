@@ -137,7 +137,8 @@ class VDM(GenerativeModel, config=VDMConfig):
             f"-log P(x) of the discrete {d.levels}-level images scaled to [-1, 1], nats per image and "
             f"nats / (D ln 2), D = {d.num_dims}: decoder_nats (-log p(x|z_0), p(x_i = v_k | z_0) "
             f"proportional to N(z_0; alpha_0 v_k, sigma_0^2) over the {d.levels} values) + diffusion_nats "
-            f"(0.5 gamma'(t) ||eps - eps_hat||^2 at one t ~ U(0, 1)) + prior_nats (KL(q(z_1|x) || N(0, I))); gamma linear "
+            f"(0.5 gamma'(t) ||eps - eps_hat||^2 at one t ~ U(0, 1)) + prior_nats (KL(q(z_1|x) || N(0, I))); "
+            f"gamma linear "
             f"in t from {low:.3f} to {high:.3f} ({schedule}); one draw of t and of the noise per image: an "
             f"unbiased estimate; *_stderr: the standard error of the mean over the images",
             f"samples: ancestral, {self.cfg.sampling_steps} steps on a uniform grid of t",

@@ -77,6 +77,6 @@ class MADEConfig(PixelOutputConfig):
     num_masks: int = setting(1, min=1, max=1024)
     mask_seed: int = setting(0, min=0, max=2**31 - 1)  # draws the hidden units' degrees of every mask
     # Masked weights from every input straight to the outputs after it (the MADE code's direct_input_connect=
-    # "Output", used for the paper's MNIST results): each output then reads its whole past, not only through the
-    # few hidden units whose degree is close to its own
+    # "Output", used for the paper's MNIST results): each output then reads its whole past, not only through
+    # the few hidden units whose degree is close to its own
     direct_connections: bool = False
