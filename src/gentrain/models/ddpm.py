@@ -99,9 +99,8 @@ class DDPM(GenerativeModel, config=DDPMConfig):
     def loss(self, batch: Batch, step: int) -> LossOutput:
         x0 = self.scale(batch.x)
         labels = batch.y
-        if self.conditional and self.cfg.label_dropout > 0:  # the "null" label trains the unconditional model
-            drop = torch.rand(labels.shape, device=labels.device) < self.cfg.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.net.null_label), labels)
+        if self.conditional:
+            labels = self.net.drop_labels(labels, self.cfg.label_dropout)
         i = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.diffusion.noisy(x0, i, noise)

@@ -86,9 +86,8 @@ class FlowMatching(GenerativeModel, config=FlowMatchingConfig):
 
     def loss(self, batch: Batch, step: int) -> LossOutput:
         labels = batch.y if self.conditional else None
-        if labels is not None and self.cfg.label_dropout > 0:  # the unconditional field guidance needs
-            dropped = torch.rand(labels.shape, device=labels.device) < self.cfg.label_dropout
-            labels = torch.where(dropped, torch.full_like(labels, self.network.null_label), labels)
+        if labels is not None:
+            labels = self.network.drop_labels(labels, self.cfg.label_dropout)
         loss = self.fm_loss(batch, labels).mean()
         return LossOutput(loss, {"fm_loss": loss.detach()})
 

@@ -190,6 +190,14 @@ class UNet(nn.Module):
             raise ValueError("an unconditional U-Net has no labels")
         return self.num_classes
 
+    def drop_labels(self, labels: Tensor, rate: float) -> Tensor:
+        """Labels with a share `rate` of them replaced by the null label: training them teaches the unconditional
+        model that classifier-free guidance needs."""
+        if rate <= 0:
+            return labels
+        dropped = torch.rand(labels.shape, device=labels.device) < rate
+        return torch.where(dropped, torch.full_like(labels, self.null_label), labels)
+
     def embed(self, t: Tensor, labels: Optional[Tensor]) -> Tensor:
         if self.fourier_time is not None:
             emb = self.fourier_time(t)
