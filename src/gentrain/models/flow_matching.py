@@ -28,14 +28,10 @@ from gentrain.data.schemas import DataInfo
 from gentrain.metrics import bits_per_dim, dequantized_nll_nats
 from gentrain.models.base import GenerativeModel, LossOutput
 from gentrain.models.schemas.flow_matching import FlowMatchingConfig, ODESolver
-from gentrain.nn.ode import log_likelihood, solve
+from gentrain.nn.ode import ADAPTIVE_NFE_ESTIMATE, log_likelihood, solve
 from gentrain.nn.unet import UNet
 
 TIME_SCALE = 1000.0  # the U-Net embeds times on a scale of about a thousand (nn/unet.py)
-# What an adaptive likelihood solve is assumed to cost when sizing the end-of-run pass (final_cost): a fixed
-# number, so that the same command covers the same images on any machine (measured: 280-340 NFE per image at
-# rtol = atol = 1e-5 for the default U-Net after 400 steps on MNIST)
-ADAPTIVE_NFE_ESTIMATE = 300
 
 
 class FlowMatching(GenerativeModel, config=FlowMatchingConfig):

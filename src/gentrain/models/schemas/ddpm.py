@@ -66,12 +66,18 @@ class DDPMConfig:
     ddim_eta: float = setting(0.0, min=0, max=1)
     clip_denoised: bool = True  # samplers clip their x_0 estimate to [-1, 1] (never the bound)
     full_bound: bool = False  # end-of-run test bound: the sum over all T steps (T network calls per image)
+    # The end-of-run test pass also scores the probability-flow ODE likelihood (Song et al. 2021): adaptive
+    # Dormand-Prince 5(4) at rtol = atol = ode_tolerance, the exact divergence for images of at most
+    # EXACT_DIVERGENCE_MAX_DIMS (64) values (gentrain/nn/ode.py), else Hutchinson's with ode_probes probes
+    ode_likelihood: bool = False
+    ode_tolerance: float = setting(1e-5, above=0, below=1)
+    ode_probes: int = setting(4, min=2, max=1000)
     optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-4))  # Ho et al.
 
     # How it samples or is evaluated, not what the weights mean: gentrain-eval may change them
     mutable: ClassVar[frozenset[str]] = frozenset({
         "guidance_scale", "sampler", "sampling_steps", "ddim_eta", "clip_denoised", "full_bound",
-        "vlb_weight", "label_dropout"})
+        "vlb_weight", "label_dropout", "ode_likelihood", "ode_tolerance", "ode_probes"})
     evaluation_budget: ClassVar[frozenset[str]] = frozenset({"sampling_steps"})
 
     def problems(self, prefix: str) -> Iterator[str]:

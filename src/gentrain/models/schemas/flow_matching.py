@@ -7,6 +7,7 @@ from enum import Enum
 from typing import ClassVar, Iterator
 
 from gentrain.config import SIZE_MAX, OptimizerConfig, setting
+from gentrain.nn.ode import EXACT_DIVERGENCE_MAX_DIMS
 from gentrain.registry import model_config
 
 
@@ -46,7 +47,7 @@ class FlowMatchingConfig:
     atol: float = setting(1e-5, above=0, below=1)
     # The divergence is exact (one reverse pass per dimension) up to this many dimensions C*H*W, else
     # Hutchinson's estimate with `probes` Rademacher probes per image (their spread gives a standard error)
-    exact_divergence_max_dims: int = setting(64, min=0, max=SIZE_MAX)
+    exact_divergence_max_dims: int = setting(EXACT_DIVERGENCE_MAX_DIMS, min=0, max=SIZE_MAX)
     probes: int = setting(4, min=2, max=1000)
     optim: OptimizerConfig = field(default_factory=_optim)
 
