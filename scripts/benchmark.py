@@ -51,7 +51,7 @@ class Case:
 
 
 # Each model's default config at each shape, plus the paper's MLP VAE. PixelRNN's step takes seconds on a CPU:
-# batch 32, and no 64x64 case.
+# batch 32, and no 64x64 case; nor for the models added since (U-Nets, attention over pixels, PixelCNN++).
 ALL_SHAPES = tuple(SHAPES)
 CASES = {
     "vae_mlp_binarized_mnist": Case(["experiment=vae_binarized_mnist"], 128, 50),
@@ -65,6 +65,12 @@ CASES = {
            ("realnvp", ["model=realnvp"], 64, 3, ALL_SHAPES),
            ("dcgan", ["model=dcgan"], 64, 10, ALL_SHAPES),
            ("wgan_gp", ["model=wgan", "model.lipschitz=gp"], 64, 10, ALL_SHAPES),
+           # the models added since: the U-Net of the diffusion and flow models, the attention and PixelCNN++
+           ("ddpm", ["model=ddpm"], 32, 3, ("mnist", "cifar10")),
+           ("vdm", ["model=vdm"], 32, 3, ("mnist", "cifar10")),
+           ("flow_matching", ["model=flow_matching"], 32, 3, ("mnist", "cifar10")),
+           ("pixel_transformer", ["model=pixel_transformer"], 16, 2, ("mnist", "cifar10")),
+           ("pixelcnnpp", ["model=pixelcnnpp"], 16, 2, ("mnist", "cifar10")),
        ]
        for shape in shapes},
 }
