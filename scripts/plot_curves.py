@@ -65,11 +65,23 @@ def read_curve(run_dir: Path, metric: str | None) -> dict:
     label_data = f"{dataset}, binarized" if binarized else dataset
     minutes = {e.step: e.value for e in events.Scalars("perf/train_minutes")} if "perf/train_minutes" in tags else {}
     return {
-        "label": " ".join(o for o in overrides if not o.startswith(HIDDEN)) or run_dir.name,
+        "label": _label(overrides) or run_dir.name,
         "dataset": label_data, "tag": metric, "unit": "nats" if metric in NATS_TAGS else metric.split("/")[-1],
         "points": [(e.step, e.value) for e in events.Scalars(metric)], "minutes": minutes,
         "batch": int(config["trainer"]["batch_size"]),
     }
+
+
+def _label(overrides: list) -> str:
+    """The run's overrides, each key once with its last value: a run continued from another run's checkpoint
+    holds that run's overrides followed by its own."""
+    last: dict[str, str] = {}
+    for override in overrides:
+        if not override.startswith(HIDDEN):
+            key = override.split("=", 1)[0]
+            last.pop(key, None)  # a key given again moves to where it was given last
+            last[key] = override
+    return " ".join(last.values())
 
 
 def _choice(overrides: list, group: str) -> str | None:
@@ -121,14 +133,14 @@ def plot(curves: list[dict], published: dict, out_dir: Path) -> list[Path]:
         by_images.xaxis.set_major_formatter(FuncFormatter(_short_count))
         by_images.xaxis.set_minor_formatter(NullFormatter())
         by_minutes.set_title(f"{dataset}: validation {unit}")
-        figure.legend(fontsize=7, loc="lower center", ncol=2, frameon=False)
+        figure.legend(fontsize=7, loc="lower center", ncol=1, frameon=False)
         for axis in (by_minutes, by_images):
             axis.grid(alpha=0.3)
-        figure.tight_layout(rect=(0, 0.06 * ((len(members) + 1) // 2), 1, 1))
+        figure.tight_layout(rect=(0, 0.045 * len(members), 1, 1))
         slug = re.sub(r"\W+", "_", dataset).strip("_")
         path = out_dir / f"curves_{slug}_{unit}.png"
         # Complete or absent, never written through a link (a figure replaces an earlier one of the same name)
-        write_file(path, lambda f: figure.savefig(f, dpi=110, format="png"))
+        write_file(path, lambda f: figure.savefig(f, dpi=110, format="png", bbox_inches="tight"))
         plt.close(figure)
         written.append(path)
     return written

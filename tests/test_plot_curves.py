@@ -42,3 +42,10 @@ def test_curves_of_two_runs_against_minutes_and_images(tmp_path: Path, shared_da
     refused = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_curves.py"), str(tmp_path)],
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "is not a gentrain run directory" in refused.stderr
+
+
+def test_a_continued_runs_label_names_each_override_once_with_its_last_value() -> None:
+    saved = ["experiment=hour_pixelrnn_binarized_mnist", "trainer.max_steps=27000", "seed=1"]
+    again = ["experiment=hour_pixelrnn_binarized_mnist", "trainer.max_steps=14000", "trainer.resume=/a/b.pt"]
+    assert plot_curves._label([*saved, *again]) == ("seed=1 experiment=hour_pixelrnn_binarized_mnist "
+                                                    "trainer.max_steps=14000")
