@@ -190,6 +190,24 @@ def test_a_resume_path_with_equals_signs_and_commas(run_copy: Path, tmp_path: Pa
     assert status == 0, out + err
 
 
+def test_a_continued_run_names_each_key_once_with_the_value_given_now(tmp_path: Path) -> None:
+    """trainer.resume=<another run's checkpoint> with a new value: the saved override of that key gives way,
+    so the new run's overrides.yaml is the command that reproduces it, each key once."""
+    from gentrain.cli import resume_arguments
+
+    run_dir = tmp_path / "long"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- model=made\n- trainer.max_steps=27000\n- seed=1\n")
+    (run_dir / "checkpoints").mkdir()
+    checkpoint = run_dir / "checkpoints" / "step_00005000.pt"
+    checkpoint.write_bytes(b"")
+    arguments = resume_arguments([f"trainer.resume={checkpoint}", "trainer.max_steps=14000",
+                                  f"hydra.run.dir={tmp_path / 'short'}"])
+    assert [a for a in arguments if not a.startswith(("trainer.resume=", "hydra."))] == [
+        "model=made", "seed=1", "trainer.max_steps=14000"]
+
+
 def test_a_second_process_on_the_same_directory_is_refused(tmp_path: Path, shared_data: Path) -> None:
     run_dir = tmp_path / "run"
     first = start_cli(*QUICK, "trainer.max_steps=100000000", "trainer.eval_every=1000000", f"hydra.run.dir={run_dir}",

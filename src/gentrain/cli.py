@@ -91,8 +91,8 @@ def _unquoted(value: str) -> str:
 
 def resume_arguments(arguments: list[str], *, sweep: bool = False) -> list[str]:
     """`trainer.resume=<run dir or checkpoint>` continues that run in its own directory with its own config:
-    the run's saved overrides come first (only gentrain's own settings: rundir.replayable_overrides), then
-    those given now (which win), then its directory. The command and the Python API (api.train) both go
+    the run's saved overrides come first (only gentrain's own settings: rundir.replayable_overrides) less the
+    keys given again, then those given now, then its directory. The command and the Python API (api.train) both go
     through it."""
     from gentrain.rundir import replayable_overrides
 
@@ -108,8 +108,11 @@ def resume_arguments(arguments: list[str], *, sweep: bool = False) -> list[str]:
     if not path.exists() or not (run_dir / ".hydra" / "overrides.yaml").is_file():
         raise RunDirectoryError(f"trainer.resume={source} is not a gentrain run directory or one of its "
                                 f"checkpoints (no {run_dir / '.hydra' / 'overrides.yaml'})")
-    saved = [o for o in replayable_overrides(run_dir) if not o.startswith("trainer.resume=")]
     rest = [a for a in arguments if not a.startswith("trainer.resume=")]
+    given_now = {a.split("=", 1)[0] for a in rest if "=" in a}
+    # A key given again now appears once, with its new value: the run's overrides.yaml stays a clean command
+    saved = [o for o in replayable_overrides(run_dir)
+             if not o.startswith("trainer.resume=") and o.split("=", 1)[0] not in given_now]
     here = [] if any(a.startswith("hydra.run.dir=") for a in arguments) \
         else [f"hydra.run.dir={quote_override(str(run_dir))}"]
     return [*saved, *rest, f"trainer.resume={quote_override(str(path))}", *here]
