@@ -28,7 +28,8 @@ from gentrain.models.base import GenerativeModel, LossOutput
 from gentrain.models.diffusion_sampling import Denoiser, ancestral_sample, ddim_sample
 from gentrain.models.gaussian_diffusion import GaussianDiffusion, alpha_bar_of
 from gentrain.models.schemas.ddpm import DDPMConfig, Objective, Prediction, ReverseVariance, Sampler
-from gentrain.nn.ode import ADAPTIVE_NFE_ESTIMATE, EXACT_DIVERGENCE_MAX_DIMS, VPProbabilityFlow
+from gentrain.models.schemas.flow_matching import EXACT_DIVERGENCE_MAX_DIMS
+from gentrain.nn.ode import ADAPTIVE_NFE_ESTIMATE, VPProbabilityFlow
 from gentrain.nn.unet import UNet
 
 

@@ -35,8 +35,6 @@ from gentrain.nn.flows import standard_normal_log_prob
 # it that belong to x come third: the adaptive solver evaluates only the images still under way
 Velocity = Callable[..., Tensor]
 SOLVERS = ("euler", "heun", "adaptive")
-# The models' defaults: images of at most this many values get the exact divergence, larger ones Hutchinson's
-EXACT_DIVERGENCE_MAX_DIMS = 64
 # What an adaptive likelihood solve is assumed to cost when a model sizes its end-of-run pass (final_cost): a
 # fixed number, so that the same command covers the same images on any machine (measured: 280-340 NFE per
 # image at rtol = atol = 1e-5 for flow matching's default U-Net after 400 steps on MNIST)
