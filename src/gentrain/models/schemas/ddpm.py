@@ -68,7 +68,8 @@ class DDPMConfig:
     full_bound: bool = False  # end-of-run test bound: the sum over all T steps (T network calls per image)
     # The end-of-run test pass also scores the probability-flow ODE likelihood (Song et al. 2021): adaptive
     # Dormand-Prince 5(4) at rtol = atol = ode_tolerance, the exact divergence for images of at most
-    # EXACT_DIVERGENCE_MAX_DIMS (64) values (schemas/flow_matching.py), else Hutchinson's with ode_probes probes
+    # EXACT_DIVERGENCE_MAX_DIMS (64) values (schemas/flow_matching.py), else Hutchinson's with ode_probes
+    # Rademacher probes
     ode_likelihood: bool = False
     ode_tolerance: float = setting(1e-5, above=0, below=1)
     ode_probes: int = setting(4, min=2, max=1000)

@@ -9,8 +9,8 @@ from typing import ClassVar, Iterator
 from gentrain.config import SIZE_MAX, OptimizerConfig, setting
 from gentrain.registry import model_config
 
-# The ODE likelihoods' default (flow matching, and DDPM's probability flow): images of at most this many values
-# get the exact divergence, larger ones Hutchinson's estimate
+# The ODE likelihoods' default (flow matching, and DDPM's probability flow): images of at most this many
+# values get the exact divergence, larger ones Hutchinson's estimate
 EXACT_DIVERGENCE_MAX_DIMS = 64
 
 
