@@ -92,8 +92,8 @@ def _unquoted(value: str) -> str:
 def resume_arguments(arguments: list[str], *, sweep: bool = False) -> list[str]:
     """`trainer.resume=<run dir or checkpoint>` continues that run in its own directory with its own config:
     the run's saved overrides come first (only gentrain's own settings: rundir.replayable_overrides) less the
-    keys given again, then those given now, then its directory. The command and the Python API (api.train) both go
-    through it."""
+    keys given again, then those given now, then its directory. The command and the Python API (api.train)
+    both go through it."""
     from gentrain.rundir import replayable_overrides
 
     given = [a for a in arguments if a.startswith("trainer.resume=")]
