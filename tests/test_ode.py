@@ -127,7 +127,7 @@ def test_the_probability_flow_of_a_diffusion_with_the_optimal_noise_prediction_g
         noisy_variance = ab * data.s ** 2 + 1 - ab
         return ((1 - ab).sqrt() * (flat - ab.sqrt() * mu) / noisy_variance).view_as(x)
 
-    flow = VPProbabilityFlow(eps, alpha_bar)
+    flow = VPProbabilityFlow.of_steps(eps, alpha_bar)
     between = (alpha_bar[2] * alpha_bar[3]).sqrt()  # log-linear between steps 2 and 3
     torch.testing.assert_close(flow.alpha_bar_at(torch.tensor([0.0, 999.0, 2.5])),
                                torch.stack([alpha_bar[0], alpha_bar[-1], between]))

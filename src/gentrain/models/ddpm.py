@@ -7,14 +7,11 @@ The network is gentrain/nn/unet.py; the process and the bound's terms gentrain/m
 the samplers gentrain/models/diffusion_sampling.py. The reported likelihood is the discrete-data variational
 bound with every term (the discretized decoder, the T - 1 diffusion KLs and the prior term), an upper bound on
 -log P(x) of the 8-bit (or binarized) images: see metric_notes(). With model.ode_likelihood=true the test
-pass also scores the probability-flow ODE likelihood (gentrain/nn/ode.py), dequantized within each pixel's
-bin of the decoder (width w = 2 / (L - 1)):
-    y = x_scaled + (noise - 1/2) w,  noise ~ U[0, 1)^D,    -log P(x) <= -log p(y) - D ln w   (Jensen)
+pass also scores the probability-flow ODE likelihood (gentrain/models/probability_flow.py, shared with VDM).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -23,17 +20,17 @@ from torch import Tensor
 from gentrain.data.batches import Batch
 from gentrain.data.schemas import DataInfo
 from gentrain.errors import ConfigError
-from gentrain.metrics import bits_per_dim, dequantized_nll_nats
+from gentrain.metrics import bits_per_dim
 from gentrain.models.base import GenerativeModel, LossOutput
 from gentrain.models.diffusion_sampling import Denoiser, ancestral_sample, ddim_sample
 from gentrain.models.gaussian_diffusion import GaussianDiffusion, alpha_bar_of
 from gentrain.models.schemas.ddpm import DDPMConfig, Objective, Prediction, ReverseVariance, Sampler
-from gentrain.models.schemas.flow_matching import EXACT_DIVERGENCE_MAX_DIMS
-from gentrain.nn.ode import ADAPTIVE_NFE_ESTIMATE, VPProbabilityFlow
+from gentrain.models.probability_flow import ProbabilityFlowLikelihood
+from gentrain.nn.ode import VPProbabilityFlow
 from gentrain.nn.unet import UNet
 
 
-class DDPM(GenerativeModel, config=DDPMConfig):
+class DDPM(ProbabilityFlowLikelihood, GenerativeModel, config=DDPMConfig):
     """A U-Net trained to denoise, sampled by reversing the noising process; likelihood: the variational
     bound."""
 
@@ -177,27 +174,7 @@ class DDPM(GenerativeModel, config=DDPMConfig):
 
     @property
     def probability_flow(self) -> VPProbabilityFlow:
-        return VPProbabilityFlow(self.noise_prediction, self.diffusion.alpha_bar)
-
-    @property
-    def ode_probes(self) -> Optional[int]:
-        """None (the exact divergence) for small images, else the number of Hutchinson probes."""
-        return None if self.data.num_dims <= EXACT_DIVERGENCE_MAX_DIMS else self.cfg.ode_probes
-
-    def ode_nll(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        """Upper bound on -log P(x) in nats (B,) from the probability-flow ODE, the standard error of its
-        trace estimate (B,), NFE (B,)."""
-        d = self.data
-        width = 2.0 / (d.levels - 1)
-        y = self.scale(batch.x) + (torch.rand(batch.x.shape, device=batch.x.device) - 0.5) * width
-        # fp32 whatever trainer.precision: the solver's error control and the divergence need it
-        with torch.autocast(y.device.type, enabled=False):
-            result = self.probability_flow.log_likelihood(
-                y, solver="adaptive", rtol=self.cfg.ode_tolerance, atol=self.cfg.ode_tolerance,
-                probes=self.ode_probes, condition=batch.y if self.conditional else None)
-        # u = (x + noise) / L in the unit cube is y's affine image: log p(u) = log p(y) + D ln(L w)
-        log_density_u = result.log_prob + d.num_dims * math.log(d.levels * width)
-        return dequantized_nll_nats(log_density_u, d.num_dims, d.levels), result.std_error, result.nfe
+        return VPProbabilityFlow.of_steps(self.noise_prediction, self.diffusion.alpha_bar)
 
     def evaluation_text(self, final: bool) -> str:
         text = (f"variational bound, all T={self.timesteps} steps" if final and self.cfg.full_bound
@@ -207,13 +184,8 @@ class DDPM(GenerativeModel, config=DDPMConfig):
 
     @property
     def final_cost(self) -> float:
-        # T forward passes per image; a forward pass costs about a third of a training step (with backward).
-        # The ODE: per NFE a forward pass and a reverse pass (about two forwards) per probe or dimension.
-        cost = 1.0 + self.timesteps / 3 if self.cfg.full_bound else 1.0
-        if self.cfg.ode_likelihood:
-            reverse = self.data.num_dims if self.ode_probes is None else self.ode_probes
-            cost += ADAPTIVE_NFE_ESTIMATE * (1 + 2 * reverse) / 3
-        return cost
+        # T forward passes per image; a forward pass costs about a third of a training step (with backward)
+        return (1.0 + self.timesteps / 3 if self.cfg.full_bound else 1.0) + self.ode_cost
 
     def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
         x0 = self.scale(batch.x)
@@ -222,19 +194,7 @@ class DDPM(GenerativeModel, config=DDPMConfig):
         else:
             out = {"nll_nats": self.sampled_bound(x0, batch.y)}
         out["bits_per_dim"] = bits_per_dim(out["nll_nats"], self.data.num_dims)
-        if final and self.cfg.ode_likelihood:
-            nll, std_error, nfe = self.ode_nll(batch)
-            out["ode_nll_nats"], out["ode_bits_per_dim"] = nll, bits_per_dim(nll, self.data.num_dims)
-            out["ode_nfe"] = nfe.float()
-            if self.ode_probes is not None:
-                out["ode_bits_per_dim_probe_var"] = bits_per_dim(std_error, self.data.num_dims).pow(2)
-        return out
-
-    def summarize(self, means: dict[str, Tensor]) -> dict[str, float]:
-        metrics = super().summarize({k: v for k, v in means.items() if k != "ode_bits_per_dim_probe_var"})
-        if "ode_bits_per_dim_probe_var" in means:  # the root mean square of the images' standard errors
-            metrics["ode_bits_per_dim_probe_se"] = float(means["ode_bits_per_dim_probe_var"].sqrt())
-        return metrics
+        return out | (self.ode_metrics(batch) if final else {})
 
     def metric_notes(self) -> list[str]:
         d, cfg, T = self.data, self.cfg, self.timesteps
@@ -257,20 +217,8 @@ class DDPM(GenerativeModel, config=DDPMConfig):
                          f"per image, one noise draw per step), split into decoder_nats, diffusion_nats and "
                          f"prior_nats")
         if cfg.ode_likelihood:
-            divergence = ("the exact divergence" if self.ode_probes is None else
-                          f"Hutchinson's divergence estimate with {cfg.ode_probes} Rademacher probes per "
-                          f"image (ode_bits_per_dim_probe_se: the root mean square of the images' standard "
-                          f"errors)")
-            width = f"2/{d.levels - 1}"
-            notes.append(
-                f"test ode_bits_per_dim and ode_nll_nats (final pass): an upper bound on -log P(x) from "
-                f"the probability-flow ODE of the noise prediction (Song et al. 2021; log alpha_bar linear "
-                f"between steps): uniform dequantization within each pixel's bin, y = x + (noise - 1/2) "
-                f"{width}, one noise sample per image, -log P(x) <= -log p(y) - D ln({width}); log p(y) of "
-                f"the density at the first noise level (step 1), carried to N(0, I) at step {T} by the "
-                f"adaptive Dormand-Prince 5(4) solver (rtol = atol = {cfg.ode_tolerance}, per image) with "
-                f"{divergence}; ode_*_stderr: the standard error of the mean over the images it covers; "
-                f"ode_nfe: the mean network evaluations per image")
+            notes.append(self.ode_note("the first noise level (step 1; log alpha_bar linear between steps)",
+                                       f"step {T}"))
         steps = min(cfg.sampling_steps, T)
         sampler = f"DDIM with eta={cfg.ddim_eta}" if cfg.sampler is Sampler.ddim else "ancestral"
         notes.append(f"samples: {sampler}, {steps} of the {T} steps"

@@ -12,6 +12,8 @@ nats:
     prior      KL(q(z_1 | x) || N(0, I))
 
 each estimated with one draw (one network call per image). The U-Net is gentrain/nn/unet.py, told 1000 t.
+With model.ode_likelihood=true the test pass also scores the probability-flow ODE likelihood of the same
+network (gentrain/models/probability_flow.py), from z_0 at t = 0 to N(0, I) at t = 1.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ from gentrain.metrics import bits_per_dim
 from gentrain.models.base import GenerativeModel, LossOutput
 from gentrain.models.diffusion_sampling import ancestral_sample
 from gentrain.models.gaussian_diffusion import GaussianDiffusion, per_image
+from gentrain.models.probability_flow import ProbabilityFlowLikelihood
 from gentrain.models.schemas.ddpm import Prediction, ReverseVariance, VDMConfig
+from gentrain.nn.ode import VPProbabilityFlow
 from gentrain.nn.unet import UNet
 
 
-class VDM(GenerativeModel, config=VDMConfig):
-    """A U-Net trained on the continuous-time variational bound; likelihood: that bound, estimated."""
+class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
+    """A U-Net trained on the continuous-time variational bound; likelihood: that bound, estimated (and
+    optionally the probability-flow ODE's)."""
 
     progress_terms = ("bits_per_dim",)
-    standard_errors = ("bits_per_dim", "nll_nats")
+    standard_errors = ("bits_per_dim", "nll_nats", "ode_bits_per_dim", "ode_nll_nats")
 
     def __init__(self, cfg: VDMConfig, data: DataInfo):
         super().__init__(data)
@@ -119,18 +124,35 @@ class VDM(GenerativeModel, config=VDMConfig):
             logs.update(gamma_min=self.gamma_ends[0].detach(), gamma_max=self.gamma_ends[1].detach())
         return LossOutput(bpd, logs)
 
+    # --- the probability-flow ODE likelihood ---------------------------------------------------------------
+    @property
+    def probability_flow(self) -> VPProbabilityFlow:
+        low, high = (float(v) for v in self.gamma_ends.detach().double())
+
+        def schedule(t: Tensor) -> tuple[Tensor, Tensor]:
+            # log alpha^2 = log sigmoid(-gamma), and its slope -sigmoid(gamma) gamma'(t)
+            gamma = low + (high - low) * t.double()
+            return torch.nn.functional.logsigmoid(-gamma), -torch.sigmoid(gamma) * (high - low)
+
+        return VPProbabilityFlow(lambda z, t: self.net(z, 1000 * t).to(z.dtype), schedule, 0.0, 1.0)
+
     def evaluation_text(self, final: bool) -> str:
-        return "continuous-time bound, sampled t"
+        ode = final and self.cfg.ode_likelihood
+        return "continuous-time bound, sampled t" + (" and the probability-flow ODE likelihood" if ode else "")
+
+    @property
+    def final_cost(self) -> float:
+        return 1.0 + self.ode_cost
 
     def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
         x0 = self.scale(batch.x)
         terms = self.bound(x0, torch.rand(x0.shape[0], device=x0.device))
         terms["bits_per_dim"] = bits_per_dim(terms["nll_nats"], self.data.num_dims)
-        return terms
+        return terms | (self.ode_metrics(batch) if final else {})
 
     def metric_notes(self) -> list[str]:
         d = self.data
-        low, high = (float(v) for v in self.gamma_ends)
+        low, high = (float(v) for v in self.gamma_ends.detach())
         schedule = "learned ends" if self.cfg.learned_schedule else "fixed"
         return [
             f"bits_per_dim and nll_nats: the continuous-time variational bound (Kingma et al. 2021) on "
@@ -141,6 +163,7 @@ class VDM(GenerativeModel, config=VDMConfig):
             f"gamma linear "
             f"in t from {low:.3f} to {high:.3f} ({schedule}); one draw of t and of the noise per image: an "
             f"unbiased estimate; *_stderr: the standard error of the mean over the images",
+        ] + ([self.ode_note(f"t = 0 (gamma = {low:.3f})", "t = 1")] if self.cfg.ode_likelihood else []) + [
             f"samples: ancestral, {self.cfg.sampling_steps} steps on a uniform grid of t",
         ]
 

@@ -16,8 +16,8 @@ divergence is exact (one reverse pass per dimension: for small images) or Hutchi
 eps^T (dv/dx) eps with Rademacher probes eps drawn once per image and kept along its one trajectory; each
 probe gives an unbiased estimate of the same integral, and their spread gives the estimate's standard error.
 
-`VPProbabilityFlow` turns a DDPM's noise prediction into such a velocity, so that diffusion models get the
-same likelihood.
+`VPProbabilityFlow` turns a diffusion model's noise prediction (DDPM's, VDM's) into such a velocity, so that
+diffusion models get the same likelihood.
 """
 
 from __future__ import annotations
@@ -240,37 +240,46 @@ def _initial_step(f: Dynamics, y: Tensor, t: Tensor, k1: Tensor, index: Tensor, 
 
 # --- a diffusion model's probability-flow ODE -----------------------------------------------------------
 class VPProbabilityFlow:
-    """The probability-flow ODE (Song et al. 2021) of a discrete-time variance-preserving diffusion (DDPM)
-    with noise levels alpha_bar (T,), as a velocity in the continuous step index s in [0, T - 1] (the
-    network's time input): between steps, log alpha_bar is linear in s, and with g(s) = d log alpha_bar / ds
+    """The probability-flow ODE (Song et al. 2021) of a variance-preserving diffusion
+    x_s = sqrt(alpha_bar(s)) x + sqrt(1 - alpha_bar(s)) eps, s from t_data (the first noise level) to t_noise,
+    given by `schedule(s) -> (log alpha_bar(s), d log alpha_bar / ds)` (float64, (B,)); with g(s) that slope
         dx/ds = g(s) / 2 * (x - eps(x, s) / sqrt(1 - alpha_bar(s))).
     `eps(x, s[, labels])` predicts the noise (a model predicting x0 or v converts with `alpha_bar_at(s)`;
-    labels come as log_likelihood's `condition`, row by row with the images). Its density
-    at s = 0 (the first noise level) is a density like any other, so its dequantized bound on the discrete NLL
-    is an upper bound too (of the model "y at s = 0, then quantized"); the prior at s = T - 1 is N(0, I)."""
+    labels come as log_likelihood's `condition`, row by row with the images). Its density at t_data is a
+    density like any other, so its dequantized bound on the discrete NLL is an upper bound too (of the model
+    "y at t_data, then quantized"); the prior at t_noise is N(0, I). `of_steps` builds it for DDPM's T discrete
+    steps, VDM passes its continuous gamma(t)."""
 
-    def __init__(self, eps: Velocity, alpha_bar: Tensor):
-        self.eps = eps
-        self.log_alpha_bar = alpha_bar.double().log()
+    def __init__(self, eps: Velocity, schedule: Callable[[Tensor], tuple[Tensor, Tensor]], t_data: float,
+                 t_noise: float):
+        self.eps, self.schedule, self.t_data, self.t_noise = eps, schedule, t_data, t_noise
 
-    def _segment(self, s: Tensor) -> tuple[Tensor, Tensor]:
-        table = self.log_alpha_bar.to(s.device)
-        s = s.double().clamp(0, len(table) - 1)
-        k = s.floor().long().clamp_max(len(table) - 2)
-        slope = table[k + 1] - table[k]
-        return table[k] + slope * (s - k), slope
+    @classmethod
+    def of_steps(cls, eps: Velocity, alpha_bar: Tensor) -> "VPProbabilityFlow":
+        """The flow of T discrete noise levels alpha_bar (T,) in the continuous step index s in [0, T - 1]
+        (the network's time input), log alpha_bar linear between steps."""
+        table = alpha_bar.double().log()
+
+        def schedule(s: Tensor) -> tuple[Tensor, Tensor]:
+            values = table.to(s.device)
+            s = s.double().clamp(0, len(values) - 1)
+            k = s.floor().long().clamp_max(len(values) - 2)
+            slope = values[k + 1] - values[k]
+            return values[k] + slope * (s - k), slope
+
+        return cls(eps, schedule, 0.0, float(len(table) - 1))
 
     def alpha_bar_at(self, s: Tensor) -> Tensor:
-        """alpha_bar at continuous step indices s (B,), log-linear between the steps."""
-        return self._segment(s)[0].exp()
+        """alpha_bar at times s (B,)."""
+        return self.schedule(s)[0].exp()
 
     def __call__(self, x: Tensor, s: Tensor, *condition: Tensor) -> Tensor:
-        log_alpha_bar, slope = self._segment(s)
+        log_alpha_bar, slope = self.schedule(s)
         shape = (-1,) + (1,) * (x.dim() - 1)
         g = slope.to(x.dtype).view(shape)
         sigma = (-log_alpha_bar.exp()).log1p().exp().sqrt().to(x.dtype).view(shape)  # sqrt(1 - alpha_bar)
         return 0.5 * g * (x - self.eps(x, s, *condition) / sigma)
 
     def log_likelihood(self, x: Tensor, **solver: object) -> LogLikelihood:
-        """log p(x) of the model's density at s = 0: the ODE from s = 0 to s = T - 1 (see log_likelihood)."""
-        return log_likelihood(self, x, t_data=0.0, t_noise=float(len(self.log_alpha_bar) - 1), **solver)
+        """log p(x) of the model's density at t_data: the ODE from t_data to t_noise (see log_likelihood)."""
+        return log_likelihood(self, x, t_data=self.t_data, t_noise=self.t_noise, **solver)

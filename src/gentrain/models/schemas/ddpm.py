@@ -38,9 +38,24 @@ class Sampler(Enum):
     ddim = "ddim"  # Song et al.'s DDIM with ddim_eta (0: deterministic; 1: the ancestral sampler with beta~)
 
 
+@dataclass
+class ProbabilityFlowOptions:
+    """The end-of-run test pass of a diffusion model may also score the probability-flow ODE likelihood (Song
+    et al. 2021; gentrain/models/probability_flow.py): adaptive Dormand-Prince 5(4) at rtol = atol =
+    ode_tolerance, the exact divergence for images of at most EXACT_DIVERGENCE_MAX_DIMS (64) values
+    (schemas/flow_matching.py), else Hutchinson's with ode_probes Rademacher probes."""
+
+    ode_likelihood: bool = False
+    ode_tolerance: float = setting(1e-5, above=0, below=1)
+    ode_probes: int = setting(4, min=2, max=1000)
+
+    # how it is evaluated, not what the weights mean: gentrain-eval may change them
+    ODE_OPTIONS: ClassVar[frozenset[str]] = frozenset({"ode_likelihood", "ode_tolerance", "ode_probes"})
+
+
 @model_config("ddpm")
 @dataclass
-class DDPMConfig:
+class DDPMConfig(ProbabilityFlowOptions):
     timesteps: int = setting(1000, min=2, max=100_000)  # T
     schedule: NoiseSchedule = NoiseSchedule.linear
     beta_start: float = setting(1e-4, above=0, below=1)  # linear: beta_1 and beta_T for T = 1000, scaled by
@@ -66,19 +81,12 @@ class DDPMConfig:
     ddim_eta: float = setting(0.0, min=0, max=1)
     clip_denoised: bool = True  # samplers clip their x_0 estimate to [-1, 1] (never the bound)
     full_bound: bool = False  # end-of-run test bound: the sum over all T steps (T network calls per image)
-    # The end-of-run test pass also scores the probability-flow ODE likelihood (Song et al. 2021): adaptive
-    # Dormand-Prince 5(4) at rtol = atol = ode_tolerance, the exact divergence for images of at most
-    # EXACT_DIVERGENCE_MAX_DIMS (64) values (schemas/flow_matching.py), else Hutchinson's with ode_probes
-    # Rademacher probes
-    ode_likelihood: bool = False
-    ode_tolerance: float = setting(1e-5, above=0, below=1)
-    ode_probes: int = setting(4, min=2, max=1000)
     optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-4))  # Ho et al.
 
     # How it samples or is evaluated, not what the weights mean: gentrain-eval may change them
     mutable: ClassVar[frozenset[str]] = frozenset({
         "guidance_scale", "sampler", "sampling_steps", "ddim_eta", "clip_denoised", "full_bound",
-        "vlb_weight", "label_dropout", "ode_likelihood", "ode_tolerance", "ode_probes"})
+        "vlb_weight", "label_dropout"}) | ProbabilityFlowOptions.ODE_OPTIONS
     evaluation_budget: ClassVar[frozenset[str]] = frozenset({"sampling_steps"})
 
     def problems(self, prefix: str) -> Iterator[str]:
@@ -93,7 +101,7 @@ class DDPMConfig:
 
 @model_config("vdm")
 @dataclass
-class VDMConfig:
+class VDMConfig(ProbabilityFlowOptions):
     """Variational diffusion in continuous time (Kingma et al. 2021): gentrain/models/vdm.py."""
 
     # log-SNR runs linearly from -gamma_min at t = 0 to -gamma_max at t = 1 (gamma = log sigma^2 / alpha^2)
@@ -111,7 +119,8 @@ class VDMConfig:
     clip_denoised: bool = True
     optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-4))
 
-    mutable: ClassVar[frozenset[str]] = frozenset({"sampling_steps", "clip_denoised"})
+    mutable: ClassVar[frozenset[str]] = (frozenset({"sampling_steps", "clip_denoised"})
+                                         | ProbabilityFlowOptions.ODE_OPTIONS)
     evaluation_budget: ClassVar[frozenset[str]] = frozenset({"sampling_steps"})
 
     def problems(self, prefix: str) -> Iterator[str]:
