@@ -16,6 +16,7 @@ from synthetic import write_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gentrain import cli_eval, cli_sample
+from gentrain.errors import ConfigError
 
 VAE_RUN = ("trainer=debug", "trainer.max_steps=6", "trainer.eval_every=3", "model.arch=mlp", "model.iw_samples=2",
            "trainer.ema_decay=0.9")
@@ -98,6 +99,17 @@ def test_sample_and_eval_a_gan(gan_run: Path) -> None:
     results, written = cli_eval.evaluate_run(cli_eval.EvalOptions(run=str(gan_run), checkpoint="last"), [])
     assert written == gan_run / "eval" / "metrics.json"
     assert np.isfinite(results["sample_quality"]["fid"]) and "d_real" in results["test"]
+
+
+def test_eval_of_the_sample_quality_alone(gan_run: Path, vae_run: Path, tmp_path: Path) -> None:
+    """splits=[]: FID and its companions without a pass over any split; refused when there is no FID."""
+    options = cli_eval.EvalOptions(run=str(gan_run), checkpoint="last", splits=[], out=str(tmp_path / "fid"))
+    results, written = cli_eval.evaluate_run(options, [])
+    assert np.isfinite(results["sample_quality"]["fid"]) and "test" not in results
+    assert results["eval_images"] == {} and written == tmp_path / "fid" / "metrics.json"
+    with pytest.raises(ConfigError, match=r"splits=\[\] with the sample quality off leaves nothing"):
+        cli_eval.evaluate_run(cli_eval.EvalOptions(run=str(vae_run), splits=[], out=str(tmp_path / "v")), [])
+    assert not (tmp_path / "v" / "metrics.json").exists()
 
 
 def test_a_copied_run_still_samples(vae_run: Path, tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
     gentrain-eval run=outputs/2026-11-23/14-02-11 model.iw_samples=1000           # a tighter VAE bound
     gentrain-eval run=... metrics.fid.enabled=true metrics.fid.num_samples=50000   # FID with 50k samples
     gentrain-eval run=... splits=[val,test] checkpoint=last dataset.root=/data
+    gentrain-eval run=... splits=[] metrics.fid.enabled=true model.sampling_steps=10 out=...   # FID only
 
-Options: run (required), checkpoint (best | last | a file; default best), splits (default [test]), batch_size,
+Options: run (required), checkpoint (best | last | a file; default best), splits (default [test]; [] for the
+sample quality alone, e.g. at several sampling steps without paying for the likelihood each time), batch_size,
 device, seed, out, overwrite; any other key=value overrides the run's saved config. The model gets the
 expensive end-of-run treatment (final=True) on every split. Results go to <run>/eval/metrics.json and to
 TensorBoard (<run>/eval/, tags eval/<split>/<metric>), or into `out=<folder>`; the training checkpoints are
@@ -42,7 +44,7 @@ class Split(Enum):
 class EvalOptions:
     run: str = MISSING  # the run directory
     checkpoint: str = "best"  # best | last | a checkpoint file
-    splits: list[Split] = setting(factory=lambda: [Split.test], min_items=1)
+    splits: list[Split] = setting(factory=lambda: [Split.test])  # []: the sample quality alone
     batch_size: Optional[int] = setting(None, min=1, max=SIZE_MAX)  # null: the run's trainer.eval_batch_size
     device: str = setting("auto", pattern=DEVICE_PATTERN, meaning="auto, cpu, cuda, cuda:N or mps")
     seed: Optional[int] = setting(None, min=0, max=SEED_MAX)  # null: the run's seed
@@ -52,10 +54,13 @@ class EvalOptions:
 
 def evaluate_run(options: EvalOptions, overrides: list[str]) -> tuple[dict[str, Any], Path]:
     """-> the results and the metrics.json they were written to."""
-    from gentrain.metrics.sample_quality import build_sample_quality
+    from gentrain.metrics.sample_quality import build_sample_quality, sample_quality_enabled
 
     device = pick_device(options.device)
     run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)
+    if not options.splits and not sample_quality_enabled(run.config.metrics.fid, run.model):
+        raise ConfigError("splits=[] with the sample quality off leaves nothing to evaluate: add "
+                          "metrics.fid.enabled=true, or name a split (splits=[test])")
     out_dir = output_dir(options.out, run.run_dir / "eval", run_dir=run.run_dir)
     earlier = [out_dir / "metrics.json", *sorted(out_dir.glob("events.out.tfevents.*"))]
     refuse_existing(earlier, options.overwrite, " (an earlier evaluation)")

@@ -234,6 +234,11 @@ class SampleQuality:
         ]
 
 
+def sample_quality_enabled(cfg: FIDConfig, model: GenerativeModel) -> bool:
+    """metrics.fid.enabled, where null means on for the models whose main metric is a sample metric."""
+    return cfg.enabled if cfg.enabled is not None else model.main_metric in SAMPLE_METRICS
+
+
 def build_sample_quality(
     cfg: FIDConfig, *, model: GenerativeModel, dataset: ImageDataset, data_root: Path, device: torch.device,
     seed: int, progress: bool,
@@ -243,8 +248,7 @@ def build_sample_quality(
     Everything that could fail later (missing Inception weights, a dataset without labels for the classifier,
     sample counts KID cannot use) fails here, before training; reference statistics are computed or loaded.
     """
-    enabled = cfg.enabled if cfg.enabled is not None else model.main_metric in SAMPLE_METRICS
-    if not enabled:
+    if not sample_quality_enabled(cfg, model):
         if model.main_metric in SAMPLE_METRICS:
             log.warning(
                 "metrics.fid.enabled=false: this model's main metric (%s) is not computed, so no best checkpoint "
