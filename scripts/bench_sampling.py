@@ -120,7 +120,8 @@ def main() -> None:
                         for patch in patches:
                             patch.stop()
                 speedup = f"{rates['cached'] / rates['naive']:.1f}x" if {"cached", "naive"} <= set(rates) else ""
-                print(f"| {name} | {shape} | {batch} | " + " | ".join(f"{rates[s]:.3f}" if s in rates else "" for s in args.samplers)
+                print(f"| {name} | {shape} | {batch} | "
+                      + " | ".join(f"{rates[s]:.3f}" if s in rates else "" for s in args.samplers)
                       + f" | {speedup} |", flush=True)
 
 

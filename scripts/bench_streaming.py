@@ -104,7 +104,8 @@ def main() -> None:
                        check=True)
         peaks = {mode: peak_training_mb(folder, mode) for mode in ("false", "true")}
         print(f"{size} images: peak MB {peaks}", file=sys.stderr, flush=True)
-        lines.append(f"| {size:,} images | {size * 3 * 64 * 64 / 2**20:.0f} | {peaks['false']:.0f} | {peaks['true']:.0f} |")
+        lines.append(f"| {size:,} images | {size * 3 * 64 * 64 / 2**20:.0f} | "
+                     f"{peaks['false']:.0f} | {peaks['true']:.0f} |")
     table = "\n".join(lines)
     print(table)
     if args.output:

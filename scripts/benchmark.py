@@ -55,7 +55,8 @@ class Case:
 ALL_SHAPES = tuple(SHAPES)
 CASES = {
     "vae_mlp_binarized_mnist": Case(["experiment=vae_binarized_mnist"], 128, 50),
-    **{f"{model}_{shape}": Case([*overrides, *SHAPES[shape]], batch, window if shape != "mnist64" else max(2, window // 4))
+    **{f"{model}_{shape}": Case([*overrides, *SHAPES[shape]], batch,
+                                window if shape != "mnist64" else max(2, window // 4))
        for model, overrides, batch, window, shapes in [
            ("vae", ["model=vae"], 128, 20, ALL_SHAPES),
            ("pixelcnn", ["model=pixelcnn"], 64, 4, ALL_SHAPES),
@@ -206,7 +207,8 @@ def main() -> None:
                  f"{ours['windows'] / plain['windows']:.2f}"]
         if args.compile:
             cells += [f"{m['compiled']['windows']:.1f}", f"{m['compiled']['windows'] / plain['windows']:.2f}"]
-        cells += [f"{ours['first_step']:.1f}", f"{plain['first_step']:.1f}", f"{ours['first_step'] / plain['first_step']:.2f}",
+        cells += [f"{ours['first_step']:.1f}", f"{plain['first_step']:.1f}",
+                  f"{ours['first_step'] / plain['first_step']:.2f}",
                   f"{ours['peak_mb']:.0f}", f"{plain['peak_mb']:.0f}", f"{ours['peak_mb'] / plain['peak_mb']:.2f}"]
         rows.append("| " + " | ".join(cells) + " |")
 

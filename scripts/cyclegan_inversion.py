@@ -36,7 +36,8 @@ def main() -> None:
         for batch in eval_batches(test, 250, use_labels=False):
             for direction, images in (("a2b", batch.x), ("b2a", batch.other)):
                 truth = (255 - images).float() / 255
-                errors[direction].append((run.model.translate(images.to(run.model.device), direction).cpu() - truth).abs().flatten(1).mean(1))
+                errors[direction].append((run.model.translate(images.to(run.model.device), direction).cpu()
+                                          - truth).abs().flatten(1).mean(1))
                 errors["identity"].append((images.float() / 255 - truth).abs().flatten(1).mean(1))
     means = {name: torch.cat(values).mean().item() for name, values in errors.items()}
     print(f"run {args.run} (step {run.step}), {len(test)} test images per domain; mean |error| per pixel in [0, 1]:")

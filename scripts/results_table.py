@@ -75,7 +75,9 @@ def table(runs: list[dict], metric_names: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
-    parser.add_argument("--metrics", nargs="+", help="columns such as test/bits_per_dim or eval/test/bits_per_dim (default: the test main metric)")
+    parser.add_argument("--metrics", nargs="+",
+                        help="columns such as test/bits_per_dim or eval/test/bits_per_dim "
+                             "(default: the test main metric)")
     args = parser.parse_args()
     try:
         runs = [read_run(d) for d in args.runs]

@@ -128,7 +128,8 @@ def check_ordering(model, variant: str, channels: int) -> None:
     seen = dependence(model)
     allowed = allowed_inputs(model, seen.shape[0])
     leaks = seen & ~allowed
-    assert not leaks.any(), f"{int(leaks.sum())} output/input pairs break the ordering, e.g. {leaks.nonzero()[0].tolist()}"
+    assert not leaks.any(), (f"{int(leaks.sum())} output/input pairs break the ordering, "
+                             f"e.g. {leaks.nonzero()[0].tolist()}")
     # The receptive field of a colour at a pixel: what any of its parameters reads (one parameter alone may
     # miss a connection where a ReLU of the head happens to be off for all the random images).
     colour = colour_groups(seen.shape[0], channels if model.per_subpixel else 1)
@@ -331,7 +332,8 @@ def test_the_caching_sampler_uses_the_whole_networks_parameters(variant, channel
 
 @pytest.mark.parametrize("variant,channels,output", [
     *[(variant, 1, PixelOutput.bernoulli) for variant in VARIANTS],
-    ("row_lstm", 3, PixelOutput.bernoulli), ("diagonal_bilstm", 3, PixelOutput.bernoulli), ("made", 3, PixelOutput.bernoulli),
+    ("row_lstm", 3, PixelOutput.bernoulli), ("diagonal_bilstm", 3, PixelOutput.bernoulli),
+    ("made", 3, PixelOutput.bernoulli),
     ("diagonal_bilstm", 1, PixelOutput.softmax), ("made", 1, PixelOutput.logistic_mixture),
     ("pixel_transformer", 3, PixelOutput.bernoulli), ("pixel_transformer", 1, PixelOutput.softmax),
     ("pixel_transformer", 1, PixelOutput.logistic_mixture),
@@ -344,7 +346,8 @@ def test_probabilities_of_every_possible_image_sum_to_one(variant, channels, out
     images = torch.tensor(list(itertools.product(range(levels), repeat=channels * 4))).view(-1, channels, 2, 2)
     with torch.no_grad():
         nll = model.float().evaluate(Batch(images, None))["nll_nats"]
-    torch.testing.assert_close(torch.logsumexp(-nll.double(), 0), torch.tensor(0.0, dtype=torch.double), rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.logsumexp(-nll.double(), 0), torch.tensor(0.0, dtype=torch.double),
+                               rtol=0, atol=1e-5)
 
 
 def test_made_ensemble_is_the_mixture_of_its_masks_and_sampling_uses_each_images_mask():

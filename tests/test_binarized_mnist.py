@@ -75,7 +75,8 @@ def test_a_damaged_file_is_one_line_naming_it(tmp_path: Path, damage, message: s
 
 
 def test_fixed_is_mnist_s_published_binarization_only() -> None:
-    with pytest.raises(ConfigError, match="binarize=fixed is the standard binarized MNIST .* use it with dataset=mnist"):
+    with pytest.raises(ConfigError,
+                       match="binarize=fixed is the standard binarized MNIST .* use it with dataset=mnist"):
         to_config(compose_config("dataset=cifar10", "dataset.binarize=fixed"))
     with pytest.raises(ConfigError, match="leave dataset.image_size null"):
         to_config(compose_config("dataset.binarize=fixed", "dataset.image_size=32"))

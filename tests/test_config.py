@@ -22,7 +22,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_model_and_dataset_compose(model: str, dataset: str, tmp_path: Path) -> None:
-    cfg = compose_config(f"model={model}", f"dataset={dataset}", f"dataset.path={tmp_path}" if dataset == "folder" else "seed=0")
+    cfg = compose_config(f"model={model}", f"dataset={dataset}",
+                         f"dataset.path={tmp_path}" if dataset == "folder" else "seed=0")
     config = to_config(cfg)
     assert isinstance(config, Config)
     assert type(config.model) is MODELS[model]

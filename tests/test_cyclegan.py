@@ -30,7 +30,8 @@ TINY_NETWORKS = ("model.generator_width=4", "model.critic_width=4", "model.resid
 
 
 def tiny_cyclegan(*overrides: str, info=UnpairedDataInfo(1, 28, 28, 256, None)):
-    return build_model(to_config(compose_config("model=cyclegan", "dataset=unpaired", *TINY_NETWORKS, *overrides)).model, info)
+    return build_model(to_config(compose_config("model=cyclegan", "dataset=unpaired", *TINY_NETWORKS,
+                                                *overrides)).model, info)
 
 
 def random_batch(n: int = 4) -> Batch:
@@ -77,7 +78,8 @@ def test_the_networks_follow_the_paper_and_take_every_image_side() -> None:
         x = torch.randn(2, 3, side, side)
         assert model.to_b(x).shape == x.shape and model.to_b(x).abs().max() <= 1
         assert model.critic_a(x).shape == (2, 1, patches, patches)
-    full = build_model(to_config(compose_config("model=cyclegan", "dataset=unpaired")).model, UnpairedDataInfo(3, 256, 256, 256, None))
+    full = build_model(to_config(compose_config("model=cyclegan", "dataset=unpaired")).model,
+                       UnpairedDataInfo(3, 256, 256, 256, None))
     assert sum(1 for m in full.to_b.modules() if type(m).__name__ == "ResidualBlock") == 9  # 6 below 256 pixels
     strided = [m.stride for m in full.critic_a.modules() if isinstance(m, torch.nn.Conv2d)]
     assert strided == [(2, 2)] * 3 + [(1, 1)] * 2  # 70x70 PatchGAN
@@ -184,8 +186,8 @@ def tiny_mnist(tmp_path_factory) -> Path:
 
 def test_domains_are_halves_inversions_or_class_subsets(tiny_mnist: Path) -> None:
     def load(*overrides: str):
-        return load_dataset(to_config(compose_config("dataset=unpaired", f"dataset.root={tiny_mnist}", "dataset.verify=false",
-                                                     *overrides)).dataset)
+        return load_dataset(to_config(compose_config("dataset=unpaired", f"dataset.root={tiny_mnist}",
+                                                     "dataset.verify=false", *overrides)).dataset)
 
     halves = load()
     a, b = halves.domains
@@ -242,7 +244,8 @@ def test_cyclegan_trains_then_translates_a_folder(tmp_path: Path, cyclegan_run: 
     assert metrics["main_metric"] == "fid" and val["fid"] == pytest.approx((val["fid_a2b"] + val["fid_b2a"]) / 2)
     assert 0 <= val["cycle_error"] <= 1 and math.isfinite(metrics["test"]["cycle_error_b"])
     assert {"precision_a2b", "recall_b2a", "fid_floor_a2b"} <= set(val)
-    assert (run_dir / "samples" / "a_to_b_step_000004.png").exists() and (run_dir / "samples" / "b_to_a_step_000004.png").exists()
+    assert ((run_dir / "samples" / "a_to_b_step_000004.png").exists()
+            and (run_dir / "samples" / "b_to_a_step_000004.png").exists())
 
     pictures(tmp_path / "mine", [f"nested/digit{i}.png" for i in range(3)])
     out = tmp_path / "translated"

@@ -1,5 +1,5 @@
-"""DCGAN, LSGAN and WGAN: the LSGAN losses and the Lipschitz constraints checked exactly, the networks' sizes, the paper defaults, and
-real training runs through the `gentrain` command on tiny data."""
+"""DCGAN, LSGAN and WGAN: the LSGAN losses and the Lipschitz constraints checked exactly, the networks' sizes,
+the paper defaults, and real training runs through the `gentrain` command on tiny data."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def random_batch(n: int = 16, info: DataInfo = MNIST_INFO) -> Batch:
 def train_steps(model, steps: int, check_after_critic_step=None, lr: float | None = None) -> None:
     """Run the model's updates with the trainer's own update machinery (gentrain/update.py)."""
     specs = model.optimizer_specs()
-    optimizers = {name: build_optimizer(spec.params, spec.config, lr, torch.device("cpu")) for name, spec in specs.items()}
+    optimizers = {name: build_optimizer(spec.params, spec.config, lr, torch.device("cpu"))
+                  for name, spec in specs.items()}
     updater = Updater(model, optimizers, device=torch.device("cpu"))
     if check_after_critic_step is not None:
         critic_update = next(u for u in updater.updates if u.optimizer == "critic")
@@ -167,7 +168,8 @@ def test_lsgan_defaults_are_the_papers_and_equal_targets_are_refused() -> None:
 @pytest.mark.parametrize("name", ["dcgan", "lsgan", "wgan"])
 def test_networks_take_28_32_and_64_pixel_images(name: str, size: int) -> None:
     info = DataInfo(channels=3, height=size, width=size, levels=256, num_classes=10)
-    model = make_model(f"model={name}", "model.conditional=true", "model.generator_width=8", "model.critic_width=8", info=info)
+    model = make_model(f"model={name}", "model.conditional=true", "model.generator_width=8",
+                       "model.critic_width=8", info=info)
     images = model.sample(5, labels=torch.arange(5), generator=torch.Generator().manual_seed(0))
     assert images.shape == (5, 3, size, size) and 0 <= images.min() and images.max() <= 1
     out = model.critic(model.scale(random_batch(5, info).x), torch.arange(5))
@@ -193,9 +195,11 @@ def test_wgan_paper_settings_follow_the_lipschitz_constraint() -> None:
     assert (clip.critic_steps, clip.optim_critic.name, clip.optim_critic.lr) == (5, OptimizerName.rmsprop, 5e-5)
     assert clip.optim_generator.name is OptimizerName.rmsprop
     gp = model_config()
-    assert (gp.critic_steps, gp.optim_critic.name, gp.optim_critic.lr, gp.optim_critic.betas) == (5, OptimizerName.adam, 1e-4, [0.0, 0.9])
+    assert ((gp.critic_steps, gp.optim_critic.name, gp.optim_critic.lr, gp.optim_critic.betas)
+            == (5, OptimizerName.adam, 1e-4, [0.0, 0.9]))
     spectral = model_config("model.lipschitz=spectral")
-    assert (spectral.critic_steps, spectral.optim_generator.lr, spectral.optim_generator.betas) == (1, 2e-4, [0.5, 0.999])
+    assert ((spectral.critic_steps, spectral.optim_generator.lr, spectral.optim_generator.betas)
+            == (1, 2e-4, [0.5, 0.999]))
     # An explicit value wins over the paper's; the rest still follows the constraint.
     custom = model_config("model.lipschitz=clip", "model.optim_critic.lr=3e-4", "model.critic_steps=2")
     assert (custom.optim_critic.lr, custom.optim_critic.name, custom.critic_steps) == (3e-4, OptimizerName.rmsprop, 2)

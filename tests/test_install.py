@@ -26,7 +26,8 @@ def test_non_editable_install_into_another_venv(tmp_path: Path) -> None:
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
     site_packages = Path(
-        subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip()
+        subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                text=True).strip()
     )
     # Borrow torch, hydra, ... from this environment instead of downloading them again; gentrain itself is
     # built from the checkout as a wheel and installed for real into the new venv.

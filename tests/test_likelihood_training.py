@@ -82,7 +82,8 @@ def test_binarized_pixelcnn_through_the_cli_reports_nats_and_notes(tmp_path, sha
 
 
 def test_impossible_configs_fail_with_one_line(tmp_path, shared_data):
-    proc = run_cli("model=realnvp", "model.num_scales=4", "trainer=debug", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_cli("model=realnvp", "model.num_scales=4", "trainer=debug",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "model.num_scales=4" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
 

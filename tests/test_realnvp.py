@@ -54,7 +54,8 @@ def test_log_det_equals_autograd_jacobian(data, num_scales, coupling):
     model = build(data, coupling, num_scales)
     shape = (data.channels, data.height, data.width)
     for with_preprocessing in (True, False):
-        x = torch.rand(1, *shape, dtype=torch.double) if with_preprocessing else torch.randn(1, *shape, dtype=torch.double)
+        x = (torch.rand(1, *shape, dtype=torch.double) if with_preprocessing
+             else torch.randn(1, *shape, dtype=torch.double))
         transform = model if with_preprocessing else model.flow
         _, log_det = transform(x)
         jacobian = torch.autograd.functional.jacobian(lambda v: transform(v.view(1, *shape))[0][0], x.flatten())
@@ -63,7 +64,8 @@ def test_log_det_equals_autograd_jacobian(data, num_scales, coupling):
         torch.testing.assert_close(log_det[0], log_abs_det, rtol=0, atol=1e-8)
         if coupling is CouplingType.additive and not with_preprocessing:
             # NICE's couplings preserve volume: only the ActNorm scales remain
-            actnorm = sum(m.log_scale.sum() * _spatial_size(model, m) for m in model.modules() if isinstance(m, ActNorm))
+            actnorm = sum(m.log_scale.sum() * _spatial_size(model, m)
+                          for m in model.modules() if isinstance(m, ActNorm))
             torch.testing.assert_close(log_det[0], actnorm.detach(), rtol=0, atol=1e-8)
 
 

@@ -1,5 +1,6 @@
-"""FID, KID, precision and recall: exact at zero / one, growing with corruption, cached; both feature extractors; the start-of-run check
-for missing Inception weights; and the metrics on a model that is not a GAN."""
+"""FID, KID, precision and recall: exact at zero / one, growing with corruption, cached; both feature
+extractors; the start-of-run check for missing Inception weights; and the metrics on a model that is not
+a GAN."""
 
 from __future__ import annotations
 
@@ -181,7 +182,8 @@ def test_classifier_extractor_trains_once_and_is_cached(small_mnist, tmp_path: P
 def test_classifier_needs_class_labels(small_mnist, tmp_path: Path) -> None:
     unlabelled = ImageDataset("faces", small_mnist.train, small_mnist.val, small_mnist.test, num_classes=None)
     with pytest.raises(ConfigError, match="needs class labels"):
-        load_or_train_classifier(unlabelled, CLASSIFIER, tmp_path, torch.device("cpu"), train_fingerprint="x", progress=False)
+        load_or_train_classifier(unlabelled, CLASSIFIER, tmp_path, torch.device("cpu"), train_fingerprint="x",
+                                 progress=False)
 
 
 def test_inception_from_a_local_weights_file(tmp_path: Path, monkeypatch) -> None:
@@ -247,11 +249,13 @@ def test_sample_counts_kid_cannot_use_are_rejected(tmp_path: Path) -> None:
     root = tmp_path / "data"
     write_mnist(root, n_train=80, n_test=20)
     with pytest.raises(ConfigError, match="kid_subset_size"):
-        train_in_process(tmp_path / "run", "model=dcgan", "trainer=debug", f"dataset.root={root}", "dataset.verify=false",
-                         "metrics.fid.num_samples=50", "metrics.fid.kid_subset_size=60")
+        train_in_process(tmp_path / "run", "model=dcgan", "trainer=debug", f"dataset.root={root}",
+                         "dataset.verify=false", "metrics.fid.num_samples=50",
+                         "metrics.fid.kid_subset_size=60")
     with pytest.raises(ConfigError, match="precision_recall_k=50 needs more than that many samples"):
-        train_in_process(tmp_path / "run", "model=dcgan", "trainer=debug", f"dataset.root={root}", "dataset.verify=false",
-                         "metrics.fid.num_samples=50", "metrics.fid.kid_subset_size=20", "metrics.fid.precision_recall_k=50")
+        train_in_process(tmp_path / "run", "model=dcgan", "trainer=debug", f"dataset.root={root}",
+                         "dataset.verify=false", "metrics.fid.num_samples=50",
+                         "metrics.fid.kid_subset_size=20", "metrics.fid.precision_recall_k=50")
 
 
 def test_a_full_disk_while_caching_costs_only_the_next_run_s_time(tmp_path: Path, caplog) -> None:

@@ -90,7 +90,8 @@ def test_slurm_jobs_stopped_part_way_continue_in_their_own_directories(tmp_path:
 
     monkeypatch.setattr(Trainer, "_train_step", step_then_signal)
     monkeypatch.setattr(submitit, "AutoExecutor", FakeSlurm)
-    monkeypatch.setattr(SlurmJobEnvironment, "_requeue", lambda env, countdown: requeued.append((env.job_id, countdown)))
+    monkeypatch.setattr(SlurmJobEnvironment, "_requeue",
+                        lambda env, countdown: requeued.append((env.job_id, countdown)))
     monkeypatch.setattr(job_environment.SignalHandler, "has_timed_out", lambda handler: True)
     for name in ("SUBMITIT_EXECUTOR", "SUBMITIT_FOLDER", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
                  "SLURM_PROCID"):

@@ -162,7 +162,8 @@ def test_interrupted_or_full_disk_writes_leave_no_partial_file(run_copy: Path, m
                 raise error
 
         def fdopen(fd: int, mode: str = "r", *args, **kwargs):
-            return Failing(real_fdopen(fd, "wb", buffering=0)) if "w" in mode else real_fdopen(fd, mode, *args, **kwargs)
+            return (Failing(real_fdopen(fd, "wb", buffering=0)) if "w" in mode
+                    else real_fdopen(fd, mode, *args, **kwargs))
         return fdopen
 
     samples = run_copy / "samples"

@@ -138,8 +138,9 @@ def test_the_end_of_run_bound_covers_what_the_configuration_says_on_any_machine(
     assert model.final_cost == 11.0
     planned = config.trainer.final_images_for(steps_per_epoch=2700, final_cost=model.final_cost)
     assert planned == 50  # ceil(10 x 20 / 11) = 19 images, at least one evaluation batch
-    assert to_config(compose(["trainer.max_steps=1000", "trainer.batch_size=128"])).trainer.final_images_for(
-        422, 1 + 100 / 6) == 7246 and to_config(compose(["trainer.final_images=123"])).trainer.final_images_for(1, 1) == 123
+    assert (to_config(compose(["trainer.max_steps=1000", "trainer.batch_size=128"])).trainer.final_images_for(
+                422, 1 + 100 / 6) == 7246
+            and to_config(compose(["trainer.final_images=123"])).trainer.final_images_for(1, 1) == 123)
     evaluator = Evaluator(model, dataset, batch_size=50, precision=Precision.fp32, device=torch.device("cpu"),
                           seed=0, limit=300, progress=False, final_images=planned)
     results, clock = [], time.perf_counter

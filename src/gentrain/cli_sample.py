@@ -75,7 +75,8 @@ def _labels(run: LoadedRun, value: Any, n: int, device: torch.device) -> Optiona
     if not run.model.conditional:
         raise ConfigError("labels= is for conditional models; this run is not conditional")
     ids = [value] * n if isinstance(value, int) and not isinstance(value, bool) else value
-    if (not isinstance(ids, list) or len(ids) != n or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    if (not isinstance(ids, list) or len(ids) != n
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
             or min(ids) < 0 or max(ids) >= run.data.num_classes):
         raise ConfigError(f"labels= needs {n} class ids (or one) in [0, {run.data.num_classes}), got {value}")
     return torch.as_tensor(ids, device=device).long()

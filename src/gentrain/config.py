@@ -91,7 +91,8 @@ class TrainerConfig:
     # (torchrun's processes on this node, joblib's n_jobs)
     num_threads: Optional[int] = setting(None, min=1, max=1024)
 
-    eval_every: int = setting(1000, min=0)  # steps between evaluations (validation, samples, checkpoint); 0 = at the end
+    # steps between evaluations (validation, samples, checkpoint); 0 = at the end
+    eval_every: int = setting(1000, min=0)
     eval_limit: Optional[int] = setting(None, min=1)  # cap on images per evaluation, val and test; null = all
     # test images that get the model's expensive end-of-run bounds (the VAE's IW bound); null: sized to the
     # run's planned training (final_images_for), never to how fast the machine is

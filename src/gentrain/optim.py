@@ -24,7 +24,8 @@ def build_optimizer(params, cfg: OptimizerConfig, lr_override: Optional[float], 
         cls = torch.optim.Adam if cfg.name is OptimizerName.adam else torch.optim.AdamW
         return cls(params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **speed)
     if cfg.name is OptimizerName.rmsprop:
-        return torch.optim.RMSprop(params, lr=lr, eps=cfg.eps, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.RMSprop(params, lr=lr, eps=cfg.eps, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **speed)
 
 
@@ -45,6 +46,7 @@ def lr_factor(step: int, schedule: LRSchedule, warmup_steps: int, total_steps: O
 def build_scheduler(optimizer: Optimizer, cfg: TrainerConfig, total_steps: Optional[int]) -> LambdaLR:
     if cfg.lr_schedule is not LRSchedule.constant and total_steps is None:
         raise ConfigError(
-            f"trainer.lr_schedule={cfg.lr_schedule.value} needs a known length: set trainer.max_steps or trainer.max_epochs"
+            f"trainer.lr_schedule={cfg.lr_schedule.value} needs a known length: "
+            "set trainer.max_steps or trainer.max_epochs"
         )
     return LambdaLR(optimizer, lambda step: lr_factor(step, cfg.lr_schedule, cfg.warmup_steps, total_steps))

@@ -140,7 +140,8 @@ def parse_arguments(argv: list[str], options_class: type) -> tuple[Any, list[str
             raise ConfigError(f"unknown option {key!r} (options: {', '.join(names)}; or a config value such as "
                               f"dataset.root=...)")
     try:
-        options = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(options_class), OmegaConf.from_dotlist(given)))
+        options = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(options_class),
+                                                      OmegaConf.from_dotlist(given)))
     except MissingMandatoryValue as err:
         raise ConfigError(f"{err.full_key}=... is required") from None
     except OmegaConfBaseException as err:

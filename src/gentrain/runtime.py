@@ -52,7 +52,8 @@ def use_channels_last(requested: Optional[bool], model: torch.nn.Module, device:
 
 def check_precision(precision: Precision, device: torch.device) -> None:
     if precision is Precision.fp16 and device.type != "cuda":
-        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run is on {device.type}); use bf16 or fp32")
+        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run is on {device.type}); "
+                          "use bf16 or fp32")
     if precision is Precision.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("trainer.precision=bf16 is not supported by this GPU; use fp16 or fp32")
 

@@ -47,7 +47,8 @@ class Rule:
         else:
             bounds = [f"{sign} {_number(value)}" for sign, value in
                       ((">=", self.min), ("<=", self.max)) if value is not None]
-        bounds += [f"{sign} {_number(value)}" for sign, value in ((">", self.above), ("<", self.below)) if value is not None]
+        bounds += [f"{sign} {_number(value)}" for sign, value in
+                   ((">", self.above), ("<", self.below)) if value is not None]
         text = " and ".join(bounds)
         return f"an odd number {text}".strip() if self.odd else text
 

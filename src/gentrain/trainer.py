@@ -98,7 +98,8 @@ class Trainer(TrainerState):
         self._window_steps, self._window_seconds = 0, 0.0
         self._last_validation: Optional[tuple[int, dict[str, float]]] = None  # (step, metrics)
         # Fixed images (and noise, evaluation.py) for the grids, so that steps compare.
-        self.vis_batch = next(eval_batches(self.dataset.val, cfg.num_samples, use_labels=model.conditional, device=device))
+        self.vis_batch = next(eval_batches(self.dataset.val, cfg.num_samples, use_labels=model.conditional,
+                                           device=device))
 
     # --- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -106,7 +107,8 @@ class Trainer(TrainerState):
         # Events a killed run wrote after its last checkpoint are hidden, so curves have no duplicate points.
         self.logger = RunLogger(self.run_dir, purge_step=self.step + 1 if self.step else None,
                                 enabled=self.parallel.is_main)
-        log.info("training on %s (%s) for %s", self.device, cfg.precision.value, cfg.limits_text(self.batches.steps_per_epoch))
+        log.info("training on %s (%s) for %s", self.device, cfg.precision.value,
+                 cfg.limits_text(self.batches.steps_per_epoch))
         if self.config_text:
             self.logger.text("config", f"```yaml\n{self.config_text}```")
         self._started = time.monotonic() - 60.0 * self.minutes_before_resume
@@ -165,7 +167,8 @@ class Trainer(TrainerState):
 
     def _step_limit_reached(self) -> bool:
         cfg = self.cfg
-        return bool((cfg.max_steps and self.step >= cfg.max_steps) or (cfg.max_epochs and self.batches.epoch >= cfg.max_epochs))
+        return bool((cfg.max_steps and self.step >= cfg.max_steps)
+                    or (cfg.max_epochs and self.batches.epoch >= cfg.max_epochs))
 
     def _stopped_early(self) -> bool:
         """trainer.early_stopping: as many evaluations in a row as it says without a better validation metric."""

@@ -90,7 +90,8 @@ class Updater:
             if update.after_step is not None:
                 update.after_step()
             # Kept as they are: stacking and averaging wait for the logging step (take_means).
-            self._window.setdefault((*out.logs, f"grad_norm/{update.optimizer}"), []).append((*out.logs.values(), grad_norm))
+            self._window.setdefault((*out.logs, f"grad_norm/{update.optimizer}"), []).append(
+                (*out.logs.values(), grad_norm))
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
 

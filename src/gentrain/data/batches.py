@@ -77,7 +77,8 @@ class TrainBatches:
         """Start reading global batch `number` (epoch * steps_per_epoch + position) in the background."""
         epoch, position = divmod(number, self.steps_per_epoch)
         if epoch not in self._orders:  # keep the current epoch's order and the next's
-            self._orders = {e: o for e, o in self._orders.items() if e >= self.epoch} | {epoch: self._epoch_order(epoch)}
+            self._orders = ({e: o for e, o in self._orders.items() if e >= self.epoch}
+                            | {epoch: self._epoch_order(epoch)})
         start = position * self.batch_size
         index = self._orders[epoch][start : start + self.batch_size][self.shard]
         pin = self.device.type == "cuda"

@@ -105,7 +105,8 @@ def load_celeba(cfg: CelebAConfig, root: Path) -> ImageDataset:
     absent = [n for n in names if not (image_dir / n).exists()]
     if absent:
         shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
-        raise DataError(f"{len(absent)} image(s) listed in list_eval_partition.txt are missing from {image_dir}: {shown}")
+        raise DataError(f"{len(absent)} image(s) listed in list_eval_partition.txt are missing from "
+                        f"{image_dir}: {shown}")
 
     if len(names) < FULL_SIZE:
         log.warning(

@@ -41,7 +41,8 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"cannot read {path}: {err} (the file is truncated or corrupt; delete it to re-download)") from None
+        raise DataError(f"cannot read {path}: {err} (the file is truncated or corrupt; "
+                        "delete it to re-download)") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPE:
         raise DataError(f"{path} is not an IDX file of unsigned bytes (corrupt?)")
     ndim = raw[3]

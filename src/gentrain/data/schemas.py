@@ -152,7 +152,8 @@ class CelebAConfig(OfficialDatasetConfig):
     """CelebA aligned faces, centre-cropped and resized, official partition (celeba.py)."""
 
     image_size: int = setting(64, **IMAGE_SIZE)
-    crop: Optional[int] = setting(148, min=1, max=4096)  # side of the centre crop before resizing; null = the short side
+    # side of the centre crop before resizing; null = the short side
+    crop: Optional[int] = setting(148, min=1, max=4096)
     labels: CelebALabels = CelebALabels.identity
 
     def data_info(self) -> DataInfo:

@@ -37,7 +37,8 @@ class DiskImages:
             f.seek(0)
             try:
                 version = np.lib.format.read_magic(f)
-                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
                 shape, fortran_order, dtype = header(f)
             except ValueError as err:
                 raise DataError(f"{self.path} is not a readable .npy file ({err})") from None

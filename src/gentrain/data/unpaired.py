@@ -43,13 +43,14 @@ def load_side(cfg: UnpairedConfig, side: UnpairedSide, name: str) -> ImageDatase
     splits = {split: side_split(getattr(source, split), side) for split in ("train", "val", "test")}
     for split, images in splits.items():
         if len(images) < 2:
-            raise DataError(f"dataset.{name} ({side.source.value}, part={side.part.value}, classes={side.classes}) leaves "
-                            f"{len(images)} images in its {split} split")
+            raise DataError(f"dataset.{name} ({side.source.value}, part={side.part.value}, "
+                            f"classes={side.classes}) leaves {len(images)} images in its {split} split")
     return replace(source, **splits)  # keeps the source's name: FID's feature choice and caches go by it
 
 
 def side_label(side: UnpairedSide) -> str:
-    marks = [f"classes {side.classes}"] * (side.classes is not None) + [side.part.value] * (side.part is not DomainPart.all)
+    marks = ([f"classes {side.classes}"] * (side.classes is not None)
+             + [side.part.value] * (side.part is not DomainPart.all))
     marks += ["inverted"] * side.invert
     return f"{side.source.value} ({', '.join(marks)})" if marks else side.source.value
 
@@ -69,5 +70,6 @@ def load_unpaired(cfg: UnpairedConfig, root: Path) -> ImageDataset:
     a, b = load_side(cfg, cfg.a, "a"), load_side(cfg, cfg.b, "b")
     if a.info.channels != b.info.channels or a.info.height != b.info.height or a.info.width != b.info.width:
         raise DataError(f"dataset.a and dataset.b loaded images of different shapes: {a.describe()} / {b.describe()}")
-    splits = {name: ImageSplit(getattr(a, name).images, None, getattr(b, name).images) for name in ("train", "val", "test")}
+    splits = {name: ImageSplit(getattr(a, name).images, None, getattr(b, name).images)
+              for name in ("train", "val", "test")}
     return UnpairedDataset("unpaired", **splits, domains=(a, b), labels=(side_label(cfg.a), side_label(cfg.b)))

@@ -84,7 +84,8 @@ def split_fingerprint(split: ImageSplit) -> str:
     return digest.hexdigest()
 
 
-def accuracy(classifier: FeatureClassifier, split: ImageSplit, levels: int, device: torch.device, batch_size: int) -> float:
+def accuracy(classifier: FeatureClassifier, split: ImageSplit, levels: int, device: torch.device,
+             batch_size: int) -> float:
     classifier.eval()
     correct = 0
     with torch.no_grad():
@@ -138,7 +139,8 @@ def load_or_train_classifier(
     path = cache_dir / f"classifier-{dataset.name}-{digest}.pt"
 
     def build() -> dict:
-        log.info("training the FID feature classifier on %s (%d steps); it is cached for later runs", dataset.name, cfg.steps)
+        log.info("training the FID feature classifier on %s (%d steps); it is cached for later runs",
+                 dataset.name, cfg.steps)
         trained = train_classifier(dataset, cfg, device, progress=progress)
         val_accuracy = accuracy(trained, dataset.val, dataset.levels, device, cfg.batch_size)
         return {"state": trained.state_dict(), "val_accuracy": torch.tensor(val_accuracy)}

@@ -106,7 +106,8 @@ def load_inception(
             try:
                 torch.hub.download_url_to_file(URL_INCEPTION_V3, str(path), progress=True)
             except (OSError, ValueError, RuntimeError) as err:  # URLError is an OSError
-                raise _weights_problem(f"the weights are not in the torch cache and the download failed ({err})", choice) from None
+                raise _weights_problem("the weights are not in the torch cache and the download failed "
+                                       f"({err})", choice) from None
     try:
         # torch-fidelity unpickles the file without restrictions; a weights-only load first rejects a file that
         # holds anything but tensors, before any of its code could run.

@@ -10,7 +10,8 @@ Protocol (also written into every run's notes):
 - precision and recall (Kynkaanniemi et al., 2019; precision_recall.py) against that same KID reference subset,
   with k = metrics.fid.precision_recall_k nearest-neighbour radii, on the same features;
 - with Inception features, the Inception Score (Salimans et al., 2016) of the samples: exp E_x KL(p(y|x) || p(y))
-  over the network's 1008 classes, mean and std over metrics.fid.inception_score_splits splits (as the reference code cuts them);
+  over the network's 1008 classes, mean and std over metrics.fid.inception_score_splits splits
+  (as the reference code cuts them);
 - the floor: the same numbers for real held-out (validation) images, as many as samples when the split has
   them: what a perfect model would score at this sample count (FID is biased upwards for small counts).
 
@@ -100,7 +101,8 @@ class SampleQuality:
         self.floor_images = min(len(dataset.val), cfg.num_samples)
         features = PrecomputedFeatures(extractor.num_features)
         # One process scores the samples (rank 0 under torchrun): torchmetrics must not wait for the others.
-        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False, sync_on_compute=False).to(device)
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False,
+                                            sync_on_compute=False).to(device)
         self.fid.persistent(True)  # its reference statistics go into the cache through state_dict()
         with warnings.catch_warnings():  # it warns that it keeps every feature: num_samples of them, known here
             warnings.filterwarnings("ignore", message=".*Kernel Inception Distance.*")
@@ -139,7 +141,8 @@ class SampleQuality:
         images for the floor. Streams over the training split, so that only the subsets stay in memory."""
         n = len(dataset.train)
         in_kid_subset = torch.zeros(n, dtype=torch.bool)
-        in_kid_subset[torch.randperm(n, generator=torch.Generator().manual_seed(REFERENCE_SEED))[: self.kid_reference_images]] = True
+        in_kid_subset[torch.randperm(n, generator=torch.Generator().manual_seed(REFERENCE_SEED))
+                      [: self.kid_reference_images]] = True
         kid_real, start = [], 0
         for features in self._real_feature_batches(dataset.train.images, f"FID reference ({n} training images)"):
             self.fid.update(features, real=True)
@@ -150,7 +153,8 @@ class SampleQuality:
         return {
             "fid_real": {k: v.cpu() for k, v in self.fid.state_dict().items() if k.startswith("real_")},
             "kid_real": torch.cat(kid_real),
-            "held_out": torch.cat(held_out_features) if held_out_features else torch.zeros(0, self.extractor.num_features),
+            "held_out": (torch.cat(held_out_features) if held_out_features
+                         else torch.zeros(0, self.extractor.num_features)),
         }
 
     def _scores(self, fake_features: Tensor, suffix: str = "") -> dict[str, Tensor]:
@@ -184,8 +188,10 @@ class SampleQuality:
         for start in track(range(0, n, self.cfg.batch_size), f"FID: sample {n} images", unit="batch",
                            bar=self.progress):
             count = min(self.cfg.batch_size, n - start)
-            labels = torch.arange(start, start + count, device=model.device) % model.data.num_classes if conditional else None
-            images = generated_to_uint8(model.sample(count, labels=labels, generator=generator).to(self.device), self.levels)
+            labels = (torch.arange(start, start + count, device=model.device) % model.data.num_classes
+                      if conditional else None)
+            images = generated_to_uint8(
+                model.sample(count, labels=labels, generator=generator).to(self.device), self.levels)
             if with_logits:
                 batch_features, batch_logits = self.extractor.features_and_logits(images)
                 logits.append(batch_logits.float())
@@ -208,8 +214,9 @@ class SampleQuality:
         prc = (
             f"precision / recall (Kynkaanniemi et al., 2019): the fraction of generated images inside the real "
             f"images' support / of real images inside the generated support, each support the union of balls "
-            f"reaching every point's k-th nearest neighbour (k = {k}), against the same {self.kid_reference_images} training "
-            f"images as KID" if k else "precision / recall: off (metrics.fid.precision_recall_k=0)"
+            f"reaching every point's k-th nearest neighbour (k = {k}), against the same "
+            f"{self.kid_reference_images} training images as KID"
+            if k else "precision / recall: off (metrics.fid.precision_recall_k=0)"
         )
         if getattr(self.extractor, "class_logits", False):
             prc += (f"; inception_score: exp E_x KL(p(y|x) || p(y)) over the Inception network's 1008 classes, mean "
@@ -281,7 +288,8 @@ def reference_quality(cfg: FIDConfig, dataset: ImageDataset, *, data_root: Path,
         choice += f" ({features.value} for {dataset.name})"
     if dataset.dynamic_binarization:
         # The model learns fresh Bernoulli draws of the 8-bit images; one fixed draw stands for them.
-        dataset = replace(dataset, train=ImageSplit(binarize_images(dataset.train.images, REFERENCE_SEED), dataset.train.labels))
+        dataset = replace(dataset, train=ImageSplit(binarize_images(dataset.train.images, REFERENCE_SEED),
+                                                    dataset.train.labels))
     cache_dir = cache_dir_for(data_root) / "sample_quality"
     train_fingerprint = split_fingerprint(dataset.train)
     if features is FeatureExtractorName.inception:

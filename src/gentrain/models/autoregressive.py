@@ -123,7 +123,8 @@ class CausalNetwork(AutoregressiveNetwork):
             top, left, right = 0, 0, x.shape[-1]
         else:
             rows_above, columns_aside = self.reach
-            top, left, right = max(0, i - rows_above), max(0, j - columns_aside), min(x.shape[-1], j + columns_aside + 1)
+            top, left, right = (max(0, i - rows_above), max(0, j - columns_aside),
+                                min(x.shape[-1], j + columns_aside + 1))
         features = self.features(x[:, :, top : i + 1, left:right], class_bias)
         return self.head(features[:, :, -1:, j - left : j - left + 1])
 
@@ -157,7 +158,8 @@ class AutoregressiveModel(LikelihoodModel):
             )
         self.network = self.build_network(cfg, data, colours, num_classes)
 
-    def build_network(self, cfg: PixelOutputConfig, data: DataInfo, colours: int, num_classes: int) -> AutoregressiveNetwork:
+    def build_network(self, cfg: PixelOutputConfig, data: DataInfo, colours: int,
+                      num_classes: int) -> AutoregressiveNetwork:
         raise NotImplementedError
 
     # --- objective (training and evaluation: models/likelihood.py) ----------------------------------------

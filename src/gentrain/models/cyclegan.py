@@ -175,8 +175,10 @@ class CycleGAN(GenerativeModel, config=CycleGANConfig):
     # --- training ---------------------------------------------------------------------------------------
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
         return {
-            "generator": OptimizerSpec(itertools.chain(self.to_b.parameters(), self.to_a.parameters()), self.cfg.optim_generator),
-            "critic": OptimizerSpec(itertools.chain(self.critic_a.parameters(), self.critic_b.parameters()), self.cfg.optim_critic),
+            "generator": OptimizerSpec(itertools.chain(self.to_b.parameters(), self.to_a.parameters()),
+                                       self.cfg.optim_generator),
+            "critic": OptimizerSpec(itertools.chain(self.critic_a.parameters(), self.critic_b.parameters()),
+                                    self.cfg.optim_critic),
         }
 
     def updates(self) -> list[Update]:
@@ -185,7 +187,8 @@ class CycleGAN(GenerativeModel, config=CycleGANConfig):
     def generator_loss(self, batch: Batch, step: int) -> LossOutput:
         a, b = self.scale(batch.x), self.scale(batch.other)
         fake_b, fake_a = self.to_b(a), self.to_a(b)
-        adversarial = (self.critic_b(fake_b).float() - 1).pow(2).mean() + (self.critic_a(fake_a).float() - 1).pow(2).mean()
+        adversarial = ((self.critic_b(fake_b).float() - 1).pow(2).mean()
+                       + (self.critic_a(fake_a).float() - 1).pow(2).mean())
         cycle = (self.to_a(fake_b) - a).abs().mean() + (self.to_b(fake_a) - b).abs().mean()
         loss = adversarial + self.cfg.cycle_weight * cycle
         logs = {"adversarial_loss": adversarial.detach(), "cycle_loss": cycle.detach()}

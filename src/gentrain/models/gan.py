@@ -65,7 +65,8 @@ class Generator(nn.Module):
             nn.ReLU(True),
         ]
         for _ in range(halvings - 1):
-            layers += [nn.ConvTranspose2d(hidden, hidden // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(hidden // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(hidden, hidden // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(hidden // 2), nn.ReLU(True)]
             hidden //= 2
         layers += [nn.ConvTranspose2d(hidden, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -84,7 +85,8 @@ class Critic(nn.Module):
     its largest singular value (Miyato et al., 2018).
     """
 
-    def __init__(self, channels: int, layout: tuple[int, int], width: int, num_classes: int, norm: CriticNorm, spectral: bool):
+    def __init__(self, channels: int, layout: tuple[int, int], width: int, num_classes: int, norm: CriticNorm,
+                 spectral: bool):
         super().__init__()
         start, halvings = layout
         self.num_classes = num_classes
@@ -215,7 +217,8 @@ class DCGAN(GAN, config=DCGANConfig):
             loss = F.softplus(-logits).mean()  # -log D(G(z))
         else:
             loss = -F.softplus(logits).mean()  # log(1 - D(G(z)))
-        return LossOutput(loss, {"generator_loss": loss.detach(), "d_fake_at_generator_step": torch.sigmoid(logits).mean().detach()})
+        return LossOutput(loss, {"generator_loss": loss.detach(),
+                                 "d_fake_at_generator_step": torch.sigmoid(logits).mean().detach()})
 
     def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
         real = torch.sigmoid(self.critic(self.scale(batch.x), batch.y).float())

@@ -125,5 +125,6 @@ class GatedPixelCNNSession(SamplingSession):
 class GatedPixelCNN(AutoregressiveModel, config=GatedPixelCNNConfig):
     """The Gated PixelCNN: vertical and horizontal stacks with gated activations, no blind spot."""
 
-    def build_network(self, cfg: GatedPixelCNNConfig, data: DataInfo, colours: int, num_classes: int) -> GatedPixelCNNNetwork:
+    def build_network(self, cfg: GatedPixelCNNConfig, data: DataInfo, colours: int,
+                      num_classes: int) -> GatedPixelCNNNetwork:
         return GatedPixelCNNNetwork(cfg, data, colours, self.likelihood.num_params, num_classes)

@@ -29,7 +29,8 @@ class MaskedResidualBlock(nn.Module):
     def forward(self, h: Tensor, class_bias: Optional[Tensor]) -> Tensor:
         return self.combine(h, self.conv(self.reduce(h)), class_bias)
 
-    def combine(self, h: Tensor, inner: Tensor, class_bias: Optional[Tensor], apply: Callable = nn.Module.__call__) -> Tensor:
+    def combine(self, h: Tensor, inner: Tensor, class_bias: Optional[Tensor],
+                apply: Callable = nn.Module.__call__) -> Tensor:
         """The block's output from its input and its k x k convolution's output: whole maps, or one pixel's
         features with apply=pixelwise."""
         if class_bias is not None:
@@ -41,7 +42,8 @@ class PixelCNNNetwork(CausalNetwork):
     def __init__(self, cfg: PixelCNNConfig, data: DataInfo, colours: int, num_params: int, num_classes: int):
         width, inner = cfg.hidden_channels, cfg.hidden_channels // 2
         reach = cfg.first_kernel_size // 2 + cfg.num_layers * (cfg.kernel_size // 2)  # rows up, columns aside
-        super().__init__(width, cfg.head_channels, num_params, colours, num_classes, cfg.num_layers * inner, (reach, reach))
+        super().__init__(width, cfg.head_channels, num_params, colours, num_classes, cfg.num_layers * inner,
+                         (reach, reach))
         self.bias_sizes = [inner] * cfg.num_layers
         self.input_conv = masked_square_conv(data.channels, width, cfg.first_kernel_size, MaskType.A, colours)
         self.blocks = nn.ModuleList(MaskedResidualBlock(width, cfg.kernel_size, colours) for _ in range(cfg.num_layers))

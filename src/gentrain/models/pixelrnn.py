@@ -45,8 +45,10 @@ def lstm_cell(gates: Tensor, cell: Tensor, groups: int = 1) -> tuple[Tensor, Ten
 
 
 def state_matrix(conv: nn.Conv1d) -> Tensor:
-    """A state-to-state convolution (its groups side by side) as one matrix on `neighbours`: (groups * 4n, k * groups * n)."""
-    taps = [torch.block_diag(*(w[:, :, t] for w in conv.weight.chunk(conv.groups, dim=0))) for t in range(conv.weight.shape[-1])]
+    """A state-to-state convolution (its groups side by side) as one matrix on `neighbours`:
+    (groups * 4n, k * groups * n)."""
+    taps = [torch.block_diag(*(w[:, :, t] for w in conv.weight.chunk(conv.groups, dim=0)))
+            for t in range(conv.weight.shape[-1])]
     return torch.cat(taps, dim=1)
 
 
@@ -153,7 +155,8 @@ class DiagonalBiLSTM(nn.Module):
         gates = gates.permute(2, 0, 1, 3).contiguous()  # (W + H - 1, B, H, 8h): the diagonals are the steps
         valid = diagonal_validity(height, width, inner.device)
         out = lstm_scan(gates, self.state_to_state, valid=valid, cells=cells)
-        maps = [unskew(t.permute(1, 2, 0, 3), width).permute(0, 3, 1, 2).chunk(2, dim=1) for t in (out if cells else [out])]
+        maps = [unskew(t.permute(1, 2, 0, 3), width).permute(0, 3, 1, 2).chunk(2, dim=1)
+                for t in (out if cells else [out])]
         return [part if direction == 0 else part.flip(-1) for pair in maps for direction, part in enumerate(pair)]
 
     def combine(self, x: Tensor, states: list[Tensor]) -> Tensor:
@@ -244,8 +247,9 @@ class RowLSTMSession(RecurrentSession):
         self.from_above = []  # per layer (B, W, 4h)
         for layer, (hidden, _) in zip(self.network.layers, self.states):
             conv = layer.state_to_state
-            self.from_above.append(None if i == 0 else neighbours(hidden[:, :, i - 1].transpose(1, 2), conv.kernel_size[0],
-                                                                  conv.padding[0]) @ state_matrix(conv).t())
+            self.from_above.append(None if i == 0 else neighbours(hidden[:, :, i - 1].transpose(1, 2),
+                                                                  conv.kernel_size[0], conv.padding[0])
+                                                       @ state_matrix(conv).t())
 
     def states_at(self, index: int, i: int, j: int) -> Tensor:
         hidden, cell = self.states[index]
@@ -279,7 +283,8 @@ class DiagonalBiLSTMSession(RecurrentSession):
         if direction == 1 and self.network.layers[index].image_to_state is not None:
             features.append(self.inputs[:, :, i, j])
         features = torch.cat(features, 1)
-        gates = F.linear(features, self.weights[index][direction], self.network.layers[index].input_to_state[direction].bias)
+        gates = F.linear(features, self.weights[index][direction],
+                         self.network.layers[index].input_to_state[direction].bias)
         hidden[:, :, i, j], cell[:, :, i, j] = lstm_cell(gates, value_at(cell, i, before))
 
     def start_row(self, i: int) -> None:

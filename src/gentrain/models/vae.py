@@ -81,7 +81,8 @@ def make_likelihood(choice: VAELikelihood, data: DataInfo) -> PixelLikelihood:
         choice = VAELikelihood.bernoulli if data.levels == 2 else VAELikelihood.logistic
     if choice is VAELikelihood.bernoulli and data.levels != 2:
         raise ConfigError("model.likelihood=bernoulli needs binarized data: set dataset.binarize=dynamic or static")
-    cls = {VAELikelihood.bernoulli: Bernoulli, VAELikelihood.logistic: DiscretizedLogistic, VAELikelihood.categorical: Categorical}[choice]
+    cls = {VAELikelihood.bernoulli: Bernoulli, VAELikelihood.logistic: DiscretizedLogistic,
+           VAELikelihood.categorical: Categorical}[choice]
     return cls(data.levels, data.channels)
 
 
@@ -234,7 +235,8 @@ class VAE(GenerativeModel, config=VAEConfig):
             f"nats / ({self.data.num_dims} ln 2)",
         ]
         if self.cfg.iw_samples > 1:
-            notes.append(f"test iw_nll_nats: importance-weighted bound with k={self.cfg.iw_samples} (tighter upper bound)")
+            notes.append(f"test iw_nll_nats: importance-weighted bound with k={self.cfg.iw_samples} "
+                         "(tighter upper bound)")
         return notes
 
     # --- sampling -------------------------------------------------------------------------------------
@@ -253,7 +255,8 @@ class VAE(GenerativeModel, config=VAEConfig):
 
     @torch.no_grad()
     def interpolate(self, batch: Batch, steps: int = 10) -> Tensor:
-        """Decoded straight lines between the posterior means of image pairs (0,1), (2,3), ... -> (pairs, steps, C, H, W)."""
+        """Decoded straight lines between the posterior means of image pairs (0,1), (2,3), ...
+        -> (pairs, steps, C, H, W)."""
         pairs = len(batch) // 2
         mu, _ = self.encode(batch.x[: 2 * pairs], None if batch.y is None else batch.y[: 2 * pairs])
         start, end = mu[0::2], mu[1::2]

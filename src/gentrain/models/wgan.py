@@ -57,7 +57,8 @@ class WGAN(GAN, config=WGANConfig):
         fake_score = self.critic(fake, batch.y).float().mean()
         wasserstein = real_score - fake_score
         loss = -wasserstein
-        logs = {"wasserstein_estimate": wasserstein.detach(), "critic_real": real_score.detach(), "critic_fake": fake_score.detach()}
+        logs = {"wasserstein_estimate": wasserstein.detach(), "critic_real": real_score.detach(),
+                "critic_fake": fake_score.detach()}
         if self.lipschitz is Lipschitz.gp:
             penalty = gradient_penalty(self.critic, real, fake, batch.y)
             loss = loss + self.cfg.gp_weight * penalty

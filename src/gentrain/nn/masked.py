@@ -153,9 +153,11 @@ class CausalConv2d(nn.Conv2d):
         return conv_at(x, self.masked_weight() if weight is None else weight, self.bias, self.anchor, i, j)
 
 
-def masked_square_conv(in_channels: int, out_channels: int, kernel: int, mask_type: MaskType, colours: int) -> CausalConv2d:
+def masked_square_conv(in_channels: int, out_channels: int, kernel: int, mask_type: MaskType,
+                       colours: int) -> CausalConv2d:
     """The PixelCNN's k x k masked convolution (k odd), stored as its (k//2 + 1) x k upper part."""
-    return CausalConv2d(in_channels, out_channels, (kernel // 2 + 1, kernel), (kernel // 2, kernel // 2), mask_type, colours)
+    return CausalConv2d(in_channels, out_channels, (kernel // 2 + 1, kernel), (kernel // 2, kernel // 2),
+                        mask_type, colours)
 
 
 def pointwise_conv(in_channels: int, out_channels: int, colours: int, *, out_chunks: int = 1) -> CausalConv2d:

@@ -1,4 +1,5 @@
-"""Options of the GANs (gentrain/models/gan.py: DCGAN and LSGAN; wgan.py; cyclegan.py), and the WGAN papers' settings per Lipschitz constraint.
+"""Options of the GANs (gentrain/models/gan.py: DCGAN and LSGAN; wgan.py; cyclegan.py), and the WGAN papers'
+settings per Lipschitz constraint.
 
 Each constraint comes with its paper's n_critic and optimizer (PAPER_SETTINGS). configs/model/wgan.yaml ties
 those defaults to `model.lipschitz` through the `wgan_paper` resolver, so `model.lipschitz=clip` alone gives the
@@ -27,14 +28,16 @@ class GANConfig:
     """Settings every GAN shares; dcgan and wgan add their objective's."""
 
     latent_dim: int = setting(100, min=1, max=SIZE_MAX)
-    generator_width: int = setting(64, min=1, max=4096)  # channels before the output layer; doubled at each lower resolution
+    # channels before the output layer; doubled at each lower resolution
+    generator_width: int = setting(64, min=1, max=4096)
     critic_width: int = setting(64, min=1, max=4096)  # channels after the first critic layer; doubled likewise
     critic_norm: CriticNorm = CriticNorm.auto
     conditional: bool = False  # the class label is an input to both networks
     critic_steps: int = setting(1, min=1, max=1000)  # n_critic: critic updates per generator update
     # std of Gaussian noise added to every critic input, real and fake ([-1, 1] scale)
     instance_noise: float = setting(0.0, min=0)
-    instance_noise_decay_steps: int = setting(0, min=0)  # the std falls linearly to 0 over this many steps (0: constant)
+    # the std falls linearly to 0 over this many steps (0: constant)
+    instance_noise_decay_steps: int = setting(0, min=0)
     optim_generator: OptimizerConfig = field(default_factory=OptimizerConfig)
     optim_critic: OptimizerConfig = field(default_factory=OptimizerConfig)
 
