@@ -49,8 +49,10 @@ class ProbabilityFlowOptions:
     ode_tolerance: float = setting(1e-5, above=0, below=1)
     ode_probes: int = setting(4, min=2, max=1000)
 
-    # how it is evaluated, not what the weights mean: gentrain-eval may change them
+    # how it is evaluated, not what the weights mean: gentrain-eval may change them (trainer=debug loosens the
+    # last two)
     ODE_OPTIONS: ClassVar[frozenset[str]] = frozenset({"ode_likelihood", "ode_tolerance", "ode_probes"})
+    ODE_BUDGET: ClassVar[frozenset[str]] = frozenset({"ode_tolerance", "ode_probes"})
 
 
 @model_config("ddpm")
@@ -87,7 +89,8 @@ class DDPMConfig(ProbabilityFlowOptions):
     mutable: ClassVar[frozenset[str]] = frozenset({
         "guidance_scale", "sampler", "sampling_steps", "ddim_eta", "clip_denoised", "full_bound",
         "vlb_weight", "label_dropout"}) | ProbabilityFlowOptions.ODE_OPTIONS
-    evaluation_budget: ClassVar[frozenset[str]] = frozenset({"sampling_steps"})
+    evaluation_budget: ClassVar[frozenset[str]] = (frozenset({"sampling_steps"})
+                                                   | ProbabilityFlowOptions.ODE_BUDGET)
 
     def problems(self, prefix: str) -> Iterator[str]:
         learned = self.variance is ReverseVariance.learned
@@ -121,7 +124,8 @@ class VDMConfig(ProbabilityFlowOptions):
 
     mutable: ClassVar[frozenset[str]] = (frozenset({"sampling_steps", "clip_denoised"})
                                          | ProbabilityFlowOptions.ODE_OPTIONS)
-    evaluation_budget: ClassVar[frozenset[str]] = frozenset({"sampling_steps"})
+    evaluation_budget: ClassVar[frozenset[str]] = (frozenset({"sampling_steps"})
+                                                   | ProbabilityFlowOptions.ODE_BUDGET)
 
     def problems(self, prefix: str) -> Iterator[str]:
         if self.gamma_min >= self.gamma_max:
