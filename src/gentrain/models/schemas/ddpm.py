@@ -50,9 +50,9 @@ class ProbabilityFlowOptions:
     ode_probes: int = setting(4, min=2, max=1000)
 
     # how it is evaluated, not what the weights mean: gentrain-eval may change them (trainer=debug loosens the
-    # last two)
+    # tolerance)
     ODE_OPTIONS: ClassVar[frozenset[str]] = frozenset({"ode_likelihood", "ode_tolerance", "ode_probes"})
-    ODE_BUDGET: ClassVar[frozenset[str]] = frozenset({"ode_tolerance", "ode_probes"})
+    ODE_BUDGET: ClassVar[frozenset[str]] = frozenset({"ode_tolerance"})
 
 
 @model_config("ddpm")
