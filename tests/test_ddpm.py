@@ -356,6 +356,8 @@ def test_bad_settings_fail_with_one_line():
     assert any("learned" in line for line in problems(DDPMConfig(variance=ReverseVariance.learned), "model."))
     assert any("beta_end" in line for line in problems(DDPMConfig(timesteps=10), "model."))
     assert not list(problems(DDPMConfig(schedule=NoiseSchedule.cosine, timesteps=10), "model."))
+    assert any("needs model.conditional=true" in line for line in problems(DDPMConfig(guidance_scale=2.0),
+                                                                             "model."))
     with pytest.raises(ConfigError, match="class labels"):
         DDPM(DDPMConfig(conditional=True), DataInfo(1, 8, 8, 256, None))
     with pytest.raises(ConfigError, match="attention heads"):

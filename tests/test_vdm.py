@@ -18,7 +18,10 @@ from conftest import run_cli
 from gentrain.config import problems
 from gentrain.data.batches import Batch
 from gentrain.data.schemas import DataInfo
-from gentrain.models.schemas.ddpm import VDMConfig
+from gentrain.errors import ConfigError
+from gentrain.models.diffusion_sampling import guided_denoiser
+from gentrain.models.gaussian_diffusion import GaussianDiffusion
+from gentrain.models.schemas.ddpm import Prediction, ReverseVariance, VDMConfig
 from gentrain.models.vdm import VDM
 from test_ddpm import LEVELS, discretized_gaussian
 
@@ -145,6 +148,49 @@ def test_the_same_seed_gives_the_same_images_and_bad_settings_fail():
     assert any("gamma_min" in line for line in problems(VDMConfig(gamma_min=6.0), "model."))
 
 
+def test_the_conditional_model_guides_and_drops_labels():
+    """model.conditional=true: sampling mixes eps_none + scale (eps_label - eps_none) (the denoiser shared with
+    model=ddpm), training replaces label_dropout of the labels by the null label, the bound takes the labels;
+    guidance without labels, or labels on a dataset without classes, are refused with one line."""
+    model = tiny(DataInfo(1, 8, 8, 256, 4), conditional=True, guidance_scale=3.0, sampling_steps=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.2)
+    seen = []
+    original = model.predict
+
+    def spy(z, steps, labels):
+        seen.append(labels)
+        return original(z, steps, labels)
+
+    model.predict = spy
+    images = model.sample(2, labels=torch.tensor([1, 3]), generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 1, 8, 8) and len(seen) == 5
+    assert all(labels.tolist() == [1, 3, 4, 4] for labels in seen)  # labelled and null halves, every step
+    z, labels = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([1, 3])
+    steps = torch.tensor([100.0, 900.0], dtype=torch.float64)
+    chain = GaussianDiffusion(torch.tensor([0.9, 0.1], dtype=torch.float64), Prediction.eps,
+                              ReverseVariance.fixed_small, 256, steps=steps)
+    _, eps, _ = guided_denoiser(original, chain, labels, 3.0, 4, torch.device("cpu"))(z, torch.tensor([0, 1]))
+    eps_label, eps_none = original(z, steps, labels)[0], original(z, steps, torch.tensor([4, 4]))[0]
+    torch.testing.assert_close(eps, eps_none + 3.0 * (eps_label - eps_none))
+    assert not torch.allclose(eps_label, eps_none)
+
+    model.train()
+    seen.clear()
+    model.net.forward = lambda z, t, labels=None: seen.append(labels) or torch.zeros_like(z)
+    model.loss(Batch(torch.zeros(4000, 1, 8, 8, dtype=torch.uint8), torch.ones(4000, dtype=torch.long)), 0)
+    assert abs(float((seen[0] == 4).double().mean()) - 0.1) < 0.02 and set(seen[0].tolist()) == {1, 4}
+    seen.clear()
+    model.evaluate(Batch(torch.zeros(3, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 2])))
+    assert seen[0].tolist() == [0, 1, 2]  # the bound of the class-conditional model, no label dropped
+
+    assert any("guidance_scale" in line for line in problems(VDMConfig(guidance_scale=2.0), "model."))
+    with pytest.raises(ConfigError, match="class labels"):
+        VDM(VDMConfig(conditional=True), DataInfo(1, 8, 8, 256, None))
+
+
 def test_learned_schedule_ends_get_gradients():
     model = tiny(DataInfo(1, 4, 4, 256, None), learned_schedule=True).float().train()
     out = model.loss(Batch(torch.randint(0, 256, (4, 1, 4, 4), dtype=torch.uint8), None), 0)
@@ -155,6 +201,7 @@ def test_learned_schedule_ends_get_gradients():
 def test_debug_run_through_the_cli(tmp_path, shared_data):
     run_dir = tmp_path / "run"
     proc = run_cli("model=vdm", "dataset=mnist", "trainer=debug", "model.fourier_features=true",
+                   "model.conditional=true", "model.guidance_scale=2",
                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     test = json.loads((run_dir / "metrics.json").read_text())["test"]

@@ -22,7 +22,7 @@ from gentrain.data.schemas import DataInfo
 from gentrain.errors import ConfigError
 from gentrain.metrics import bits_per_dim
 from gentrain.models.base import GenerativeModel, LossOutput
-from gentrain.models.diffusion_sampling import Denoiser, ancestral_sample, ddim_sample
+from gentrain.models.diffusion_sampling import Denoiser, ancestral_sample, ddim_sample, guided_denoiser
 from gentrain.models.gaussian_diffusion import GaussianDiffusion, alpha_bar_of
 from gentrain.models.schemas.ddpm import DDPMConfig, Objective, Prediction, ReverseVariance, Sampler
 from gentrain.models.probability_flow import ProbabilityFlowLikelihood
@@ -77,27 +77,9 @@ class DDPM(ProbabilityFlowLikelihood, GenerativeModel, config=DDPMConfig):
         return prediction, (raw + 1) / 2
 
     def denoiser(self, chain: GaussianDiffusion, labels: Optional[Tensor]) -> Denoiser:
-        """(x_t, positions in `chain`) -> (x_0, eps, fraction), with classifier-free guidance when the model
-        is conditional and guidance_scale != 1: eps = eps_none + scale (eps_label - eps_none)."""
-        scale = self.cfg.guidance_scale
-        guided = labels is not None and scale != 1.0
-        table = chain.steps.to(self.device)  # the network's step numbers, moved once per sampling run
-
-        def run(x: Tensor, i: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-            steps = table[i]
-            if not guided:
-                prediction, fraction = self.predict(x, steps, labels)
-                return (*chain.x0_and_eps(prediction, x, i), fraction)
-            none = torch.full_like(labels, self.net.null_label)
-            prediction, fraction = self.predict(torch.cat([x, x]), torch.cat([steps, steps]),
-                                                torch.cat([labels, none]))
-            x0, eps = chain.x0_and_eps(prediction, torch.cat([x, x]), torch.cat([i, i]))
-            eps_label, eps_none = eps.chunk(2)
-            eps = eps_none + scale * (eps_label - eps_none)
-            x0 = (x - chain.at("sqrt_1m_ab", i, x) * eps) / chain.at("sqrt_ab", i, x)
-            return x0, eps, None if fraction is None else fraction.chunk(2)[0]
-
-        return run
+        """(x_t, positions in `chain`) -> (x_0, eps, fraction), guided when the model is conditional."""
+        null = self.net.null_label if self.conditional else None
+        return guided_denoiser(self.predict, chain, labels, self.cfg.guidance_scale, null, self.device)
 
     # --- training -------------------------------------------------------------------------------------------
     def loss(self, batch: Batch, step: int) -> LossOutput:

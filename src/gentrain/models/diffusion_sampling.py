@@ -20,6 +20,34 @@ from gentrain.models.gaussian_diffusion import GaussianDiffusion
 Denoiser = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Optional[Tensor]]]
 
 
+# (x_t, the network's time inputs (B,), labels or None) -> (its prediction, learned-variance fraction or None)
+Predictor = Callable[[Tensor, Tensor, Optional[Tensor]], tuple[Tensor, Optional[Tensor]]]
+
+
+def guided_denoiser(predict: Predictor, chain: GaussianDiffusion, labels: Optional[Tensor], scale: float,
+                    null_label: Optional[int], device: torch.device) -> Denoiser:
+    """The chain's denoiser of a network's prediction, with classifier-free guidance (Ho & Salimans 2022) when
+    labels are given and scale != 1: eps = eps_none + scale (eps_label - eps_none), the two halves of one
+    batch of twice the images."""
+    guided = labels is not None and scale != 1.0
+    table = chain.steps.to(device)  # the network's time inputs, moved once per sampling run
+
+    def run(x: Tensor, i: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        times = table[i]
+        if not guided:
+            prediction, fraction = predict(x, times, labels)
+            return (*chain.x0_and_eps(prediction, x, i), fraction)
+        none = torch.full_like(labels, null_label)
+        prediction, fraction = predict(torch.cat([x, x]), torch.cat([times, times]), torch.cat([labels, none]))
+        x0, eps = chain.x0_and_eps(prediction, torch.cat([x, x]), torch.cat([i, i]))
+        eps_label, eps_none = eps.chunk(2)
+        eps = eps_none + scale * (eps_label - eps_none)
+        x0 = (x - chain.at("sqrt_1m_ab", i, x) * eps) / chain.at("sqrt_ab", i, x)
+        return x0, eps, None if fraction is None else fraction.chunk(2)[0]
+
+    return run
+
+
 def denoised(denoiser: Denoiser, chain: GaussianDiffusion, x: Tensor, i: Tensor,
              clip: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """The denoiser's estimates, x_0 clipped to the data's range [-1, 1] when asked (and eps recomputed from

@@ -28,7 +28,7 @@ from gentrain.data.schemas import DataInfo
 from gentrain.errors import ConfigError
 from gentrain.metrics import bits_per_dim
 from gentrain.models.base import GenerativeModel, LossOutput
-from gentrain.models.diffusion_sampling import ancestral_sample
+from gentrain.models.diffusion_sampling import ancestral_sample, guided_denoiser
 from gentrain.models.gaussian_diffusion import GaussianDiffusion, per_image
 from gentrain.models.probability_flow import ProbabilityFlowLikelihood
 from gentrain.models.schemas.ddpm import Prediction, ReverseVariance, VDMConfig
@@ -49,10 +49,12 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
             raise ConfigError(f"model=vdm takes square images, got {data.height}x{data.width}: set "
                               f"dataset.image_size")
         self.cfg = cfg
+        self.conditional = cfg.conditional
+        num_classes = self.require_classes(data) if cfg.conditional else None
         try:
             self.net = UNet(data.channels, data.channels, data.height, cfg.base_channels,
                             tuple(cfg.channel_mult), cfg.num_res_blocks, tuple(cfg.attention_resolutions),
-                            cfg.dropout, None, cfg.attention_heads,
+                            cfg.dropout, num_classes, cfg.attention_heads,
                             input_fourier_exponents=(7, 8) if cfg.fourier_features else ())
         except ValueError as err:
             raise ConfigError(f"model=vdm: {err} (model.base_channels, model.attention_heads)") from None
@@ -76,11 +78,19 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
         return torch.sigmoid(-gamma).sqrt().view(shape), torch.sigmoid(gamma).sqrt().view(shape)
 
     # --- the bound's terms, in nats per image ---------------------------------------------------------------
-    def diffusion_term(self, x0: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+    def predict(self, z: Tensor, steps: Tensor, labels: Optional[Tensor]) -> tuple[Tensor, None]:
+        """The noise prediction at the network's time inputs steps = 1000 t (and no variance fraction)."""
+        return self.net(z, steps.float(), labels).to(z.dtype), None
+
+    def eps_hat(self, z: Tensor, t: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        """The network's noise prediction at times t (B,) in [0, 1]."""
+        return self.predict(z, 1000 * t, labels)[0]
+
+    def diffusion_term(self, x0: Tensor, z_t: Tensor, t: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         """0.5 gamma'(t) ||eps - eps_hat(z_t, t)||^2 for given z_t: the integrand of the diffusion loss."""
         alpha, sigma = self.alpha_sigma(self.gamma(t), z_t)
         eps = (z_t - alpha * x0) / sigma
-        eps_hat = self.net(z_t, 1000 * t).to(z_t.dtype)
+        eps_hat = self.eps_hat(z_t, t, labels)
         slope = self.gamma_ends[1] - self.gamma_ends[0]
         return 0.5 * slope * per_image((eps - eps_hat) ** 2)
 
@@ -99,13 +109,13 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
         variance = sigma ** 2
         return per_image(0.5 * (variance + (alpha * x0) ** 2 - torch.log(variance) - 1))
 
-    def bound(self, x0: Tensor, t: Tensor) -> dict[str, Tensor]:
+    def bound(self, x0: Tensor, t: Tensor, labels: Optional[Tensor] = None) -> dict[str, Tensor]:
         """The three terms for one draw of t (B,) and of the noise, and their sum, each (B,)."""
         alpha, sigma = self.alpha_sigma(self.gamma(t), x0)
         z_t = alpha * x0 + sigma * torch.randn_like(x0)
         alpha_0, sigma_0 = self.alpha_sigma(self.gamma_ends[0].expand(len(x0)), x0)
         z0 = alpha_0 * x0 + sigma_0 * torch.randn_like(x0)
-        terms = {"decoder_nats": self.decoder_term(x0, z0), "diffusion_nats": self.diffusion_term(x0, z_t, t),
+        terms = {"decoder_nats": self.decoder_term(x0, z0), "diffusion_nats": self.diffusion_term(x0, z_t, t, labels),
                  "prior_nats": self.prior_term(x0)}
         terms["nll_nats"] = terms["decoder_nats"] + terms["diffusion_nats"] + terms["prior_nats"]
         return terms
@@ -117,7 +127,8 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
         # evenly spread times with one random offset (the paper's low-discrepancy sampler): each t is still
         # uniform, so the batch mean stays unbiased, with less variance
         t = (torch.rand(1, device=x0.device) + torch.arange(n, device=x0.device) / n) % 1.0
-        terms = self.bound(x0, t)
+        labels = self.net.drop_labels(batch.y, self.cfg.label_dropout) if self.conditional else None
+        terms = self.bound(x0, t, labels)
         bpd = bits_per_dim(terms["nll_nats"], self.data.num_dims).mean()
         logs = {"bits_per_dim": bpd.detach()}
         if self.cfg.learned_schedule:
@@ -134,7 +145,7 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
             gamma = low + (high - low) * t.double()
             return torch.nn.functional.logsigmoid(-gamma), -torch.sigmoid(gamma) * (high - low)
 
-        return VPProbabilityFlow(lambda z, t: self.net(z, 1000 * t).to(z.dtype), schedule, 0.0, 1.0)
+        return VPProbabilityFlow(self.eps_hat, schedule, 0.0, 1.0)
 
     def evaluation_text(self, final: bool) -> str:
         ode = final and self.cfg.ode_likelihood
@@ -146,7 +157,7 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
 
     def evaluate(self, batch: Batch, *, final: bool = False) -> dict[str, Tensor]:
         x0 = self.scale(batch.x)
-        terms = self.bound(x0, torch.rand(x0.shape[0], device=x0.device))
+        terms = self.bound(x0, torch.rand(x0.shape[0], device=x0.device), batch.y if self.conditional else None)
         terms["bits_per_dim"] = bits_per_dim(terms["nll_nats"], self.data.num_dims)
         return terms | (self.ode_metrics(batch) if final else {})
 
@@ -162,9 +173,11 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
             f"(0.5 gamma'(t) ||eps - eps_hat||^2 at one t ~ U(0, 1)) + prior_nats (KL(q(z_1|x) || N(0, I))); "
             f"gamma linear "
             f"in t from {low:.3f} to {high:.3f} ({schedule}); one draw of t and of the noise per image: an "
-            f"unbiased estimate; *_stderr: the standard error of the mean over the images",
+            f"unbiased estimate; *_stderr: the standard error of the mean over the images"
+            + (", conditioned on the label (no guidance)" if self.conditional else ""),
         ] + ([self.ode_note(f"t = 0 (gamma = {low:.3f})", "t = 1")] if self.cfg.ode_likelihood else []) + [
-            f"samples: ancestral, {self.cfg.sampling_steps} steps on a uniform grid of t",
+            f"samples: ancestral, {self.cfg.sampling_steps} steps on a uniform grid of t"
+            + (f", guidance scale {self.cfg.guidance_scale}" if self.conditional else ""),
         ]
 
     # --- sampling -------------------------------------------------------------------------------------------
@@ -177,12 +190,8 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
             gammas = self.gamma(times.to(self.gamma_ends)).double().cpu()
         chain = GaussianDiffusion(torch.sigmoid(-gammas), Prediction.eps, ReverseVariance.fixed_small,
                                   self.data.levels, steps=1000 * times)
-        table = chain.steps.to(device=self.device, dtype=torch.float32)
-
-        def denoiser(z: Tensor, i: Tensor) -> tuple[Tensor, Tensor, None]:
-            eps = self.net(z, table[i]).to(z.dtype)
-            return chain.x0_and_eps(eps, z, i) + (None,)
-
+        denoiser = guided_denoiser(self.predict, chain, labels, self.cfg.guidance_scale,
+                                   self.net.null_label if self.conditional else None, self.device)
         shape = (n, self.data.channels, self.data.height, self.data.width)
         x = ancestral_sample(denoiser, chain, shape, clip=self.cfg.clip_denoised, generator=generator,
                              device=self.device, dtype=next(self.parameters()).dtype)

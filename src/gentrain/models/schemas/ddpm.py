@@ -38,6 +38,12 @@ class Sampler(Enum):
     ddim = "ddim"  # Song et al.'s DDIM with ddim_eta (0: deterministic; 1: the ancestral sampler with beta~)
 
 
+def guidance_problems(conditional: bool, guidance_scale: float, prefix: str) -> Iterator[str]:
+    if guidance_scale != 1.0 and not conditional:
+        yield (f"{prefix}guidance_scale={guidance_scale} needs {prefix}conditional=true (classifier-free "
+               f"guidance mixes the class-conditional and the unconditional noise prediction)")
+
+
 @dataclass
 class ProbabilityFlowOptions:
     """The end-of-run test pass of a diffusion model may also score the probability-flow ODE likelihood (Song
@@ -93,6 +99,7 @@ class DDPMConfig(ProbabilityFlowOptions):
                                                    | ProbabilityFlowOptions.ODE_BUDGET)
 
     def problems(self, prefix: str) -> Iterator[str]:
+        yield from guidance_problems(self.conditional, self.guidance_scale, prefix)
         learned = self.variance is ReverseVariance.learned
         if (self.objective is Objective.hybrid) != learned:
             yield (f"{prefix}objective={self.objective.value} with {prefix}variance={self.variance.value}: "
@@ -118,11 +125,15 @@ class VDMConfig(ProbabilityFlowOptions):
     attention_resolutions: list[int] = setting(factory=lambda: [16], min=1, max=65536)
     attention_heads: int = setting(1, min=1, max=64)
     dropout: float = setting(0.1, min=0, below=1)
+    conditional: bool = False  # class labels in, with classifier-free guidance (as model=ddpm)
+    label_dropout: float = setting(0.1, min=0, max=1)  # conditional: share of training labels set to "none"
+    guidance_scale: float = setting(1.0, min=0, max=100)  # eps_none + scale (eps_label - eps_none); 1: none
     sampling_steps: int = setting(1000, min=2, max=100_000)  # ancestral steps on a uniform grid of t
     clip_denoised: bool = True
     optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-4))
 
-    mutable: ClassVar[frozenset[str]] = (frozenset({"sampling_steps", "clip_denoised"})
+    mutable: ClassVar[frozenset[str]] = (frozenset({"sampling_steps", "clip_denoised", "guidance_scale",
+                                                    "label_dropout"})
                                          | ProbabilityFlowOptions.ODE_OPTIONS)
     evaluation_budget: ClassVar[frozenset[str]] = (frozenset({"sampling_steps"})
                                                    | ProbabilityFlowOptions.ODE_BUDGET)
@@ -131,3 +142,4 @@ class VDMConfig(ProbabilityFlowOptions):
         if self.gamma_min >= self.gamma_max:
             yield (f"{prefix}gamma_min={self.gamma_min} must be below {prefix}gamma_max={self.gamma_max}: "
                    f"the noise grows with t")
+        yield from guidance_problems(self.conditional, self.guidance_scale, prefix)
