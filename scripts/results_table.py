@@ -5,6 +5,8 @@ the wall time from status.json. Nothing is typed by hand.
 
     python scripts/results_table.py outputs/2026-11-23/*/ --metrics test/neg_elbo_nats test/iw_nll_nats
     python scripts/results_table.py <runs> --metrics eval/test/bits_per_dim   # numbers from gentrain-eval
+    python scripts/results_table.py <runs> --eval-dir eval_steps10 --metrics eval/sample_quality/fid
+        # gentrain-eval's numbers written with out=<run>/eval_steps10; its overrides join the command
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from gentrain.errors import GentrainError
 from gentrain.rundir import read_json, read_yaml
 
 
-def read_run(run_dir: Path) -> dict:
-    """A finished run's files, read as data (gentrain.rundir: no YAML tags, nothing instantiated)."""
+def read_run(run_dir: Path, eval_dir: str = "eval") -> dict:
+    """A finished run's files, read as data (gentrain.rundir: no YAML tags, nothing instantiated); gentrain-eval's
+    metrics.json from the folder `eval_dir` inside the run."""
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
         raise GentrainError(f"{run_dir} has no metrics.json: not a finished gentrain run")
@@ -27,7 +30,7 @@ def read_run(run_dir: Path) -> dict:
     config = read_yaml(run_dir / ".hydra" / "config.yaml")
     status_file = run_dir / "status.json"
     wall = read_json(status_file).get("wall_seconds") if status_file.is_file() else None
-    eval_file = run_dir / "eval" / "metrics.json"  # written by gentrain-eval
+    eval_file = run_dir / eval_dir / "metrics.json"  # written by gentrain-eval
     evaluation = read_json(eval_file) if eval_file.is_file() else {}
     shapes = [(metrics, dict), (overrides, list), (config, dict), (evaluation, dict)]
     if not all(isinstance(value, kind) for value, kind in shapes):
@@ -65,6 +68,8 @@ def table(runs: list[dict], metric_names: list[str]) -> str:
         m = run["metrics"]
         hidden = ("hydra.", "dataset.root=", "trainer.progress_bar=", "trainer.resume=")
         command = "gentrain " + " ".join(o for o in run["overrides"] if not o.startswith(hidden))
+        if run["eval"].get("overrides"):
+            command += "`, then `gentrain-eval run=<run> " + " ".join(map(str, run["eval"]["overrides"]))
         wall = "" if run["wall_seconds"] is None else f"{run['wall_seconds'] / 60:.1f}"
         row = [m["model"], dataset_label(run), training_length(run), f"{m['train_seconds'] / 60:.1f}", wall,
                *(metric(run, name) for name in metric_names), f"`{command}`"]
@@ -78,9 +83,11 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+",
                         help="columns such as test/bits_per_dim or eval/test/bits_per_dim "
                              "(default: the test main metric)")
+    parser.add_argument("--eval-dir", default="eval",
+                        help="the folder inside each run where gentrain-eval wrote (its out=; default: eval)")
     args = parser.parse_args()
     try:
-        runs = [read_run(d) for d in args.runs]
+        runs = [read_run(d, args.eval_dir) for d in args.runs]
         names = args.metrics or sorted({f"test/{r['metrics']['main_metric']}" for r in runs})
         print(table(runs, names), end="")
     except (GentrainError, KeyError, TypeError, ValueError) as err:

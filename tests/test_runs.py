@@ -166,3 +166,12 @@ def test_results_table_reads_gentrain_eval_numbers(vae_run: Path, tmp_path: Path
     )
     header, _, row = result.stdout.strip().splitlines()
     assert "eval/test/neg_elbo_nats" in header and "| 123.46 |" in row
+    # another folder (gentrain-eval out=<run>/eval_steps10), its overrides beside the training command
+    (copy / "eval_steps10").mkdir()
+    (copy / "eval_steps10" / "metrics.json").write_text(json.dumps(
+        {"sample_quality": {"fid": 4.5}, "overrides": ["model.sampling_steps=10"]}))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "results_table.py"), str(copy), "--eval-dir", "eval_steps10",
+         "--metrics", "eval/sample_quality/fid"], capture_output=True, text=True, check=True)
+    row = result.stdout.strip().splitlines()[-1]
+    assert "| 4.5 |" in row and "`, then `gentrain-eval run=<run> model.sampling_steps=10`" in row
