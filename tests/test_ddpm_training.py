@@ -91,6 +91,7 @@ def test_the_evaluator_reports_the_standard_error_of_the_mean():
     ("ddpm_cifar10", (35.6e6, 35.8e6), DataInfo(3, 32, 32, 256, 10)),  # Ho et al.: 35.7M
     ("cpu_ddpm_mnist", (0.5e6, 2e6), DataInfo(1, 28, 28, 256, 10)),
     ("iddpm_cifar10", (40e6, 70e6), DataInfo(3, 32, 32, 256, 10)),
+    ("cpu_ddpm_cifar10", (0.5e6, 2e6), DataInfo(3, 32, 32, 256, 10)),
     ("vdm_cifar10", (20e6, 40e6), DataInfo(3, 32, 32, 256, 10)),
 ])
 def test_presets_build_with_their_sizes(preset, params, data):

@@ -224,6 +224,7 @@ def test_config_errors_are_explained():
 
 @pytest.mark.parametrize("preset,params,data", [
     ("cpu_flow_matching_mnist", (1e6, 1.3e6), DataInfo(1, 28, 28, 256, 10)),
+    ("cpu_flow_matching_cifar10", (1e6, 1.3e6), DataInfo(3, 32, 32, 256, 10)),
     ("flow_matching_cifar10", (1e8, 2e8), DataInfo(3, 32, 32, 256, 10)),  # 143M
 ])
 def test_presets_build_and_run_a_loss(preset, params, data):
