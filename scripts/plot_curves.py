@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gentrain.errors import GentrainError
 from gentrain.files import write_file
-from gentrain.rundir import read_yaml
+from gentrain.rundir import read_json, read_yaml
 
 # Published results to mark, by dataset label and metric tag: (label, value). Sources in the README's tables.
 PUBLISHED = {
@@ -54,9 +54,11 @@ def read_curve(run_dir: Path, metric: str | None) -> dict:
     events.Reload()
     tags = set(events.Tags().get("scalars", []))
     binarized = config["dataset"].get("binarize", "none") != "none"
-    if metric is None:
+    if metric is None:  # nats for binarized data, else bits/dim, else the run's own main metric (fm_loss, fid)
         found = [t for t in NATS_TAGS if t in tags] if binarized else []
-        metric = found[0] if found else "val/bits_per_dim" if "val/bits_per_dim" in tags else "val/fid"
+        status = read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
+        main = f"val/{status.get('main_metric', 'fid')}"
+        metric = found[0] if found else "val/bits_per_dim" if "val/bits_per_dim" in tags else main
     if metric not in tags:
         raise GentrainError(f"{run_dir} has no {metric} scalars yet (its tags: {', '.join(sorted(tags))})")
     hydra = read_yaml(run_dir / ".hydra" / "hydra.yaml") if (run_dir / ".hydra" / "hydra.yaml").is_file() else {}
