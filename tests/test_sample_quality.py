@@ -68,7 +68,8 @@ class Replay(GenerativeModel):
 
 
 def quality(dataset: ImageDataset, extractor, cache: Path, **overrides) -> SampleQuality:
-    cfg = FIDConfig(num_samples=1000, batch_size=250, kid_subsets=20, kid_subset_size=200, **overrides)
+    cfg = FIDConfig(**{"num_samples": 1000, "batch_size": 250, "kid_subsets": 20, "kid_subset_size": 200,
+                       **overrides})
     return SampleQuality(cfg, extractor, dataset, cache, torch.device("cpu"), seed=0, progress=False,
                          train_fingerprint=split_fingerprint(dataset.train))
 
@@ -89,6 +90,10 @@ def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise(small_mnist, e
     assert scores[2]["precision"] < scores[1]["precision"] < 1.0, scores
     assert 0 < scores[0]["precision_floor"] <= 1 and 0 < scores[0]["recall_floor"] <= 1
     assert any("1000 generated images" in note for note in metrics.notes())
+    assert not any("kid_std understates" in note for note in metrics.notes())
+    # KID subsets of most of the images are all nearly the same subset: the note says kid_std means little
+    overlapping = quality(small_mnist, extractor, tmp_path, kid_subset_size=len(small_mnist.train.images) // 2 + 1)
+    assert any("kid_std understates" in note for note in overlapping.notes())
 
 
 def test_precision_and_recall_tell_a_dropped_mode_from_poor_samples() -> None:

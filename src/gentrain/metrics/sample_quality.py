@@ -210,6 +210,11 @@ class SampleQuality:
             f"{self.kid_reference_images} training images, mean (kid) and std (kid_std) over {self.cfg.kid_subsets} "
             f"subsets of {self.cfg.kid_subset_size} images per side"
         )
+        if 2 * self.cfg.kid_subset_size > min(self.cfg.num_samples, self.kid_reference_images):
+            # subsets of most of the images are nearly the same subset: their spread says nothing
+            kid += (f" (more than half of the {min(self.cfg.num_samples, self.kid_reference_images)} images "
+                    f"compared: the subsets overlap, so kid_std understates the uncertainty; lower "
+                    f"metrics.fid.kid_subset_size)")
         k = self.cfg.precision_recall_k
         prc = (
             f"precision / recall (Kynkaanniemi et al., 2019): the fraction of generated images inside the real "
