@@ -27,6 +27,7 @@ from gentrain.data.batches import Batch
 from gentrain.data.schemas import DataInfo
 from gentrain.metrics import bits_per_dim, dequantized_nll_nats
 from gentrain.models.base import GenerativeModel, LossOutput
+from gentrain.models.probability_flow import ProbeStandardError, ode_pass_cost
 from gentrain.models.schemas.flow_matching import FlowMatchingConfig, ODESolver
 from gentrain.nn.ode import ADAPTIVE_NFE_ESTIMATE, log_likelihood, solve
 from gentrain.nn.unet import UNet
@@ -34,9 +35,10 @@ from gentrain.nn.unet import UNet
 TIME_SCALE = 1000.0  # the U-Net embeds times on a scale of about a thousand (nn/unet.py)
 
 
-class FlowMatching(GenerativeModel, config=FlowMatchingConfig):
+class FlowMatching(ProbeStandardError, GenerativeModel, config=FlowMatchingConfig):
     """A U-Net velocity field trained by conditional flow matching; ODE sampling and ODE likelihoods."""
 
+    likelihood_prefix = ""  # the ODE bound is this model's bits_per_dim
     progress_terms = ("fm_loss",)
     main_metric = "fm_loss"  # cheap at every validation; the ODE bound on bits/dim is the final test pass's
     standard_errors = ("bits_per_dim", "nll_nats")  # their means over the images they cover: <name>_stderr
@@ -113,15 +115,12 @@ class FlowMatching(GenerativeModel, config=FlowMatchingConfig):
 
     @property
     def final_cost(self) -> float:
-        # Per NFE one forward pass and one reverse pass (about two forwards) per probe or dimension, against a
-        # training image's forward and backward pass (about three forwards)
         cfg = self.cfg
         if cfg.likelihood_solver is ODESolver.adaptive:
             nfe = ADAPTIVE_NFE_ESTIMATE
         else:
             nfe = cfg.likelihood_steps * (2 if cfg.likelihood_solver is ODESolver.heun else 1)
-        reverse = self.data.num_dims if self.divergence_probes is None else self.divergence_probes
-        return nfe * (1 + 2 * reverse) / 3
+        return ode_pass_cost(nfe, self.divergence_probes, self.data.num_dims)
 
     def evaluation_text(self, final: bool) -> str:
         return "flow-matching loss and ODE bits/dim" if final else "flow-matching loss"
@@ -135,12 +134,6 @@ class FlowMatching(GenerativeModel, config=FlowMatchingConfig):
             if self.divergence_probes is not None:
                 out["bits_per_dim_probe_var"] = bits_per_dim(std_error, self.data.num_dims).pow(2)
         return out
-
-    def summarize(self, means: dict[str, Tensor]) -> dict[str, float]:
-        metrics = super().summarize({k: v for k, v in means.items() if k != "bits_per_dim_probe_var"})
-        if "bits_per_dim_probe_var" in means:  # the root mean square of the images' standard errors
-            metrics["bits_per_dim_probe_se"] = float(means["bits_per_dim_probe_var"].sqrt())
-        return metrics
 
     def metric_notes(self) -> list[str]:
         cfg, d = self.cfg, self.data

@@ -1,4 +1,5 @@
-"""The probability-flow ODE likelihood of a diffusion model (DDPM, VDM), shared by both.
+"""The probability-flow ODE likelihood of a diffusion model (DDPM, VDM), and the pieces of an ODE likelihood
+that flow matching shares with them (ProbeStandardError, ode_pass_cost).
 
 A model mixes in `ProbabilityFlowLikelihood` and provides `probability_flow` (a VPProbabilityFlow of its
 noise prediction), `scale` (discrete images to [-1, 1]) and the options `ode_likelihood`, `ode_tolerance` and
@@ -20,10 +21,30 @@ from gentrain.metrics import bits_per_dim, dequantized_nll_nats
 from gentrain.models.schemas.flow_matching import EXACT_DIVERGENCE_MAX_DIMS
 from gentrain.nn.ode import ADAPTIVE_NFE_ESTIMATE, VPProbabilityFlow
 
-PROBE_VARIANCE = "ode_bits_per_dim_probe_var"
 
 
-class ProbabilityFlowLikelihood:
+def ode_pass_cost(nfe: float, probes: Optional[int], num_dims: int) -> float:
+    """An ODE likelihood per image in training images' work: per NFE a forward pass and a reverse pass (about
+    two forwards) per probe, or per dimension for the exact divergence, against a training image's three."""
+    return nfe * (1 + 2 * (num_dims if probes is None else probes)) / 3
+
+
+class ProbeStandardError:
+    """summarize() for a GenerativeModel whose ODE bound carries each image's Hutchinson variance as
+    <likelihood_prefix>bits_per_dim_probe_var: reported as the root mean square of the images' standard errors,
+    <likelihood_prefix>bits_per_dim_probe_se."""
+
+    likelihood_prefix = "ode_"
+
+    def summarize(self, means: dict[str, Tensor]) -> dict[str, float]:
+        variance = f"{self.likelihood_prefix}bits_per_dim_probe_var"
+        metrics = super().summarize({k: v for k, v in means.items() if k != variance})
+        if variance in means:
+            metrics[f"{self.likelihood_prefix}bits_per_dim_probe_se"] = float(means[variance].sqrt())
+        return metrics
+
+
+class ProbabilityFlowLikelihood(ProbeStandardError):
     """ode_* metrics of the end-of-run test pass, their cost and their note, for a GenerativeModel."""
 
     @property
@@ -58,23 +79,15 @@ class ProbabilityFlowLikelihood:
         out = {"ode_nll_nats": nll, "ode_bits_per_dim": bits_per_dim(nll, self.data.num_dims),
                "ode_nfe": nfe.float()}
         if self.ode_probes is not None:
-            out[PROBE_VARIANCE] = bits_per_dim(std_error, self.data.num_dims).pow(2)
+            out["ode_bits_per_dim_probe_var"] = bits_per_dim(std_error, self.data.num_dims).pow(2)
         return out
 
     @property
     def ode_cost(self) -> float:
-        """The ODE pass per image in training images' work (0 when off): per NFE a forward pass and a reverse
-        pass (about two forwards) per probe or dimension, against a training image's three forwards."""
+        """The ODE pass per image in training images' work (0 when off)."""
         if not self.cfg.ode_likelihood:
             return 0.0
-        reverse = self.data.num_dims if self.ode_probes is None else self.ode_probes
-        return ADAPTIVE_NFE_ESTIMATE * (1 + 2 * reverse) / 3
-
-    def summarize(self, means: dict[str, Tensor]) -> dict[str, float]:
-        metrics = super().summarize({k: v for k, v in means.items() if k != PROBE_VARIANCE})
-        if PROBE_VARIANCE in means:  # the root mean square of the images' standard errors
-            metrics["ode_bits_per_dim_probe_se"] = float(means[PROBE_VARIANCE].sqrt())
-        return metrics
+        return ode_pass_cost(ADAPTIVE_NFE_ESTIMATE, self.ode_probes, self.data.num_dims)
 
     def ode_note(self, start: str, end: str) -> str:
         """The note of the ode_* metrics; `start` and `end` name the ODE's ends (first noise level, prior)."""
