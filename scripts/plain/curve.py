@@ -77,7 +77,7 @@ def main() -> None:
     model.train()
     quality = None
     if model.main_metric == "fid":
-        from gentrain.metrics.sample_quality import build_sample_quality
+        from gentrain.metrics.quality_setup import build_sample_quality
 
         quality = build_sample_quality(config.metrics.fid, model=model, dataset=dataset, device=device,
                                        data_root=resolve_root(getattr(config.dataset, "root", None)),

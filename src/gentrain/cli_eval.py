@@ -54,7 +54,7 @@ class EvalOptions:
 
 def evaluate_run(options: EvalOptions, overrides: list[str]) -> tuple[dict[str, Any], Path]:
     """-> the results and the metrics.json they were written to."""
-    from gentrain.metrics.sample_quality import build_sample_quality, sample_quality_enabled
+    from gentrain.metrics.quality_setup import build_sample_quality, sample_quality_enabled
 
     device = pick_device(options.device)
     run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)

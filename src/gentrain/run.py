@@ -155,7 +155,7 @@ def train(cfg: Any, run_dir: Path, *, before_training: Callable[[], None] = lamb
     from gentrain.checkpoint import check_identity, load_checkpoint, resume_source
     from gentrain.data.schemas import resolve_root
     from gentrain.logger import run_hparams
-    from gentrain.metrics.sample_quality import build_sample_quality
+    from gentrain.metrics.quality_setup import build_sample_quality
     from gentrain.runtime import check_precision, configure_threads, local_processes, pick_device, seed_everything
     from gentrain.trainer import Trainer
 

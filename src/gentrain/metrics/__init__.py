@@ -1,5 +1,5 @@
 """Numbers that judge a model: bits per dimension (bits.py) and the sample-quality metrics FID and KID
-(sample_quality.py, with feature extractors in features.py and classifier.py).
+(sample_quality.py, set up by quality_setup.py, with feature extractors in features.py and classifier.py).
 
 Only bits.py is imported here: the sample-quality modules pull in torchmetrics and torch-fidelity, which a
 likelihood model's run does not need.
