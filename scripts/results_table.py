@@ -19,9 +19,16 @@ from gentrain.errors import GentrainError
 from gentrain.rundir import read_json, read_yaml
 
 
-def read_run(run_dir: Path, eval_dir: str = "eval") -> dict:
+def folder_name(value: str) -> str:
+    """--eval-dir: one folder inside the run, never a path that leaves it."""
+    if not value or value in (".", "..") or "/" in value or "\\" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a folder name inside a run (such as eval_steps10)")
+    return value
+
+
+def read_run(run_dir: Path, eval_dir: str = "eval", *, eval_required: bool = False) -> dict:
     """A finished run's files, read as data (gentrain.rundir: no YAML tags, nothing instantiated); gentrain-eval's
-    metrics.json from the folder `eval_dir` inside the run."""
+    metrics.json from the folder `eval_dir` inside the run (an error when eval_required and it is missing)."""
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
         raise GentrainError(f"{run_dir} has no metrics.json: not a finished gentrain run")
@@ -31,6 +38,8 @@ def read_run(run_dir: Path, eval_dir: str = "eval") -> dict:
     status_file = run_dir / "status.json"
     wall = read_json(status_file).get("wall_seconds") if status_file.is_file() else None
     eval_file = run_dir / eval_dir / "metrics.json"  # written by gentrain-eval
+    if eval_required and not eval_file.is_file():
+        raise GentrainError(f"{run_dir} has no {eval_dir}/metrics.json (gentrain-eval run=<run> out=<run>/{eval_dir})")
     evaluation = read_json(eval_file) if eval_file.is_file() else {}
     shapes = [(metrics, dict), (overrides, list), (config, dict), (evaluation, dict)]
     if not all(isinstance(value, kind) for value, kind in shapes):
@@ -83,11 +92,12 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+",
                         help="columns such as test/bits_per_dim or eval/test/bits_per_dim "
                              "(default: the test main metric)")
-    parser.add_argument("--eval-dir", default="eval",
-                        help="the folder inside each run where gentrain-eval wrote (its out=; default: eval)")
+    parser.add_argument("--eval-dir", type=folder_name,
+                        help="the folder inside each run where gentrain-eval wrote (its out=; default: eval, "
+                             "optional; a folder named here must be in every run)")
     args = parser.parse_args()
     try:
-        runs = [read_run(d, args.eval_dir) for d in args.runs]
+        runs = [read_run(d, args.eval_dir or "eval", eval_required=args.eval_dir is not None) for d in args.runs]
         names = args.metrics or sorted({f"test/{r['metrics']['main_metric']}" for r in runs})
         print(table(runs, names), end="")
     except (GentrainError, KeyError, TypeError, ValueError) as err:

@@ -175,3 +175,13 @@ def test_results_table_reads_gentrain_eval_numbers(vae_run: Path, tmp_path: Path
          "--metrics", "eval/sample_quality/fid"], capture_output=True, text=True, check=True)
     row = result.stdout.strip().splitlines()[-1]
     assert "| 4.5 |" in row and "`, then `gentrain-eval run=<run> model.sampling_steps=10`" in row
+
+
+@pytest.mark.parametrize("eval_dir", ["..", "../other", "/tmp", "missing"])
+def test_results_table_refuses_an_eval_folder_outside_the_run_or_missing(vae_run: Path, eval_dir: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "results_table.py"), str(vae_run), "--eval-dir", eval_dir],
+        capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert "not a folder name inside a run" in lines[-1] or "has no missing/metrics.json" in lines[-1]
