@@ -11,9 +11,9 @@
 
 The model is rebuilt from the run's saved config and checkpoint (best.pt unless `checkpoint=` names another),
 with its EMA weights when the run kept them. Output: <run>/samples/<name>.png and <name>.npz (images as uint8
-pixel values in [0, levels), labels, and the settings), or the same files in `out=<folder>`. Existing files are
-never replaced unless `overwrite=true`; translations never go into (or around) their input folder, and two inputs
-that would share an output name (a.png, a.jpg) are refused before any work.
+pixel values in [0, levels), labels, and the settings), or the same files in `out=<folder>`. Existing files
+are never replaced unless `overwrite=true`; translations never go into (or around) their input folder, and two
+inputs that would share an output name (a.png, a.jpg) are refused before any work.
 """
 
 from __future__ import annotations
@@ -61,11 +61,14 @@ class SampleOptions:
     complete: Optional[Completion] = None  # PixelCNN family
     interpolate: bool = False  # VAEs
     device: str = setting("auto", pattern=DEVICE_PATTERN, meaning="auto, cpu, cuda, cuda:N or mps")
-    name: Optional[str] = setting(None, pattern=r"[\w.-]+", meaning="a file name (letters, digits, '.', '-', '_')")
+    name: Optional[str] = setting(None, pattern=r"[\w.-]+",
+                                  meaning="a file name (letters, digits, '.', '-', '_')")
     out: Optional[str] = None  # the folder for the files; null: <run>/samples
     translate: Optional[Direction] = None  # translation models: a2b or b2a, the images of input= into output=
-    input: Optional[str] = setting(None, path="dir")  # translate: a folder of PNG/JPEG images (sub-folders too)
-    output: Optional[str] = None  # translate: where the translated images go; null: <run>/samples/translated_<dir>
+    # translate: a folder of PNG/JPEG images (sub-folders too)
+    input: Optional[str] = setting(None, path="dir")
+    # translate: where the translated images go; null: <run>/samples/translated_<dir>
+    output: Optional[str] = None
     overwrite: bool = False  # replace existing files of the same names (never done otherwise)
 
 
@@ -89,25 +92,26 @@ def _test_images(run: LoadedRun, n: int, device: torch.device) -> Batch:
 
 
 def translation_targets(source: Path, out_dir: Path, paths: list[Path]) -> list[Path]:
-    """Where each image of `source` goes: a PNG of the same relative name under `out_dir`. Refused before any work
-    when the two folders overlap (the translations would replace the images, or be read as inputs by the next
-    translation) or when two inputs share an output name (a.png and a.jpg)."""
+    """Where each image of `source` goes: a PNG of the same relative name under `out_dir`. Refused before any
+    work when the two folders overlap (the translations would replace the images, or be read as inputs by the
+    next translation) or when two inputs share an output name (a.png and a.jpg)."""
     if out_dir == source or source in out_dir.parents or out_dir in source.parents:
-        raise ConfigError(f"output={out_dir} and input={source} overlap: the translations would replace or mix "
-                          f"with the images they come from; choose an output folder outside the input")
+        raise ConfigError(f"output={out_dir} and input={source} overlap: the translations would replace or "
+                          f"mix with the images they come from; choose an output folder outside the input")
     targets = [(out_dir / path.relative_to(source)).with_suffix(".png") for path in paths]
     first: dict[Path, Path] = {}
     for path, target in zip(paths, targets):
         if target in first:
-            raise ConfigError(f"{first[target].relative_to(source)} and {path.relative_to(source)} would both be "
-                              f"written as {target}: rename one of them")
+            raise ConfigError(f"{first[target].relative_to(source)} and {path.relative_to(source)} would "
+                              f"both be written as {target}: rename one of them")
         first[target] = path
     return targets
 
 
 def translate(options: SampleOptions, overrides: list[str]) -> tuple[int, Path]:
-    """Translate every image under options.input with a translation model (CycleGAN): each is centre-cropped and
-    resized to the model's images, and written as a PNG of the same relative name under the output folder."""
+    """Translate every image under options.input with a translation model (CycleGAN): each is centre-cropped
+    and resized to the model's images, and written as a PNG of the same relative name under the output
+    folder."""
     from gentrain.data.folder import find_images
     from gentrain.data.images import decode_images
     from gentrain.progress import track
@@ -117,7 +121,8 @@ def translate(options: SampleOptions, overrides: list[str]) -> tuple[int, Path]:
     device = pick_device(options.device)
     run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)
     if run.model.domains != 2:
-        raise ConfigError(f"translate= is for translation models (model=cyclegan); this run trains {run.model.name}")
+        raise ConfigError(f"translate= is for translation models (model=cyclegan); this run trains "
+                          f"{run.model.name}")
     source = Path(os.path.abspath(Path(options.input).expanduser()))
     direction = options.translate.value
     paths, _, _ = find_images(source)
@@ -127,8 +132,8 @@ def translate(options: SampleOptions, overrides: list[str]) -> tuple[int, Path]:
     refuse_existing(targets, options.overwrite)
     out_dir = output_dir(options.output, default, "output", run_dir=run.run_dir)
     data = run.data
-    evaluator = Evaluator(run.model, None, batch_size=1, precision=run.config.trainer.precision, device=device,
-                          seed=options.seed, ema=run.ema)
+    evaluator = Evaluator(run.model, None, batch_size=1, precision=run.config.trainer.precision,
+                          device=device, seed=options.seed, ema=run.ema)
     batch_size = 64
     with evaluator.eval_mode():
         for start in track(range(0, len(paths), batch_size), f"translate {direction}", unit="batch"):
@@ -145,13 +150,14 @@ def draw(options: SampleOptions, overrides: list[str]) -> tuple[Path, Path]:
     run = load_run(Path(options.run), checkpoint=options.checkpoint, overrides=overrides, device=device)
     out_dir = output_dir(options.out, run.run_dir / "samples", run_dir=run.run_dir)
     n, seed = options.n, options.seed
-    kind = "completion" if options.complete is not None else "interpolation" if options.interpolate else "samples"
+    kind = ("completion" if options.complete is not None
+            else "interpolation" if options.interpolate else "samples")
     name = options.name or f"{kind}_step{run.step:08d}_seed{seed}" + (
         f"_t{options.temperature}" if options.temperature != 1.0 else "")
     png, npz = out_dir / f"{name}.png", out_dir / f"{name}.npz"
     refuse_existing([png, npz], options.overwrite)  # before the sampling, which can take minutes
-    evaluator = Evaluator(run.model, None, batch_size=n, precision=run.config.trainer.precision, device=device,
-                          seed=seed, ema=run.ema)
+    evaluator = Evaluator(run.model, None, batch_size=n, precision=run.config.trainer.precision,
+                          device=device, seed=seed, ema=run.ema)
     generator = torch.Generator(device=device).manual_seed(seed)
     labels = None
     with evaluator.eval_mode():
@@ -174,8 +180,8 @@ def draw(options: SampleOptions, overrides: list[str]) -> tuple[Path, Path]:
     pixels = (images.float().clamp(0, 1) * (run.data.levels - 1)).round().to(torch.uint8).cpu().numpy()
     arrays = dict(
         images=pixels, labels=np.array([]) if labels is None else labels.cpu().numpy(),
-        levels=run.data.levels, checkpoint=str(run.checkpoint.relative_to(run.run_dir)), step=run.step, seed=seed,
-        temperature=options.temperature, kind=kind,
+        levels=run.data.levels, checkpoint=str(run.checkpoint.relative_to(run.run_dir)), step=run.step,
+        seed=seed, temperature=options.temperature, kind=kind,
     )
     write_png(png, image_grid(grid), root=out_dir, replace=options.overwrite)
     write_file(npz, lambda f: np.savez_compressed(f, **arrays), root=out_dir, replace=options.overwrite)

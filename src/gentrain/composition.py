@@ -8,8 +8,8 @@ gentrain-sample / gentrain-eval, the Python API, the tests and scripts/ share.
 - `to_config(cfg)`: DictConfig -> typed dataclasses, with every value checked against its rule (config.py),
   before any data is read;
 - `check_choices(cfg, choices)`: the model and dataset the user typed are the ones the config describes;
-- `build_model`, `load_dataset`, `identity`: a model from its options and the data's shape, the data, and what a
-  checkpoint records to be recognised.
+- `build_model`, `load_dataset`, `identity`: a model from its options and the data's shape, the data, and what
+  a checkpoint records to be recognised.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ CONFIG_MODULE = "gentrain.configs"
 
 
 def register() -> None:
-    """Store every schema in Hydra's ConfigStore and register the resolvers the YAML files use (idempotent)."""
+    """Store every schema in Hydra's ConfigStore and register the resolvers the YAML files use
+    (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     from gentrain.run_names import job_dirname, launch_time, name_suffix
@@ -62,8 +63,8 @@ def _register_plugins() -> None:
 
 
 def compose(overrides: Sequence[str] = (), *, with_hydra: bool = False) -> DictConfig:
-    """The config `gentrain <overrides>` would compose, checked to describe the model and dataset the overrides
-    chose; without Hydra's own settings (the `hydra` node) unless `with_hydra`."""
+    """The config `gentrain <overrides>` would compose, checked to describe the model and dataset the
+    overrides chose; without Hydra's own settings (the `hydra` node) unless `with_hydra`."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
@@ -89,8 +90,9 @@ def check_choices(cfg: DictConfig, choices: Mapping[str, Any]) -> None:
                 owner = f"{kind} '{registry.name_of(config_class)}'"
             except registry.RegistryError:
                 owner = config_class.__qualname__
-            raise ConfigError(f"{kind}={chosen} composes the options of {owner} (configs/{kind}/{chosen}.yaml "
-                              f"must use /schema_{kind}_{chosen}, the options named '{chosen}')")
+            raise ConfigError(f"{kind}={chosen} composes the options of {owner} "
+                              f"(configs/{kind}/{chosen}.yaml must use /schema_{kind}_{chosen}, "
+                              f"the options named '{chosen}')")
 
 
 def to_config(cfg: DictConfig) -> Config:
@@ -110,7 +112,8 @@ def to_config(cfg: DictConfig) -> Config:
 
 
 def build_model(options: Any, data: Any) -> Any:
-    """The GenerativeModel that `options` (a model config instance) name, for data of shape `data` (a DataInfo)."""
+    """The GenerativeModel that `options` (a model config instance) name, for data of shape `data`
+    (a DataInfo)."""
     return registry.implementation(options)(options, data)
 
 
@@ -124,14 +127,16 @@ def load_dataset(options: Any) -> Any:
     root = resolve_root(getattr(options, "root", None))
     dataset = apply_binarization(loader(options, root), options.binarize, options.split_seed)
     data_dir = Path(options.path).expanduser().absolute() if getattr(options, "path", None) else root
-    dataset = place(dataset, options.in_memory.lower(), cache_dir_for(data_dir) if data_dir.is_dir() else root)
+    dataset = place(dataset, options.in_memory.lower(),
+                    cache_dir_for(data_dir) if data_dir.is_dir() else root)
     if dataset.info != options.data_info():
-        raise DataError(f"the data changed while it was read: expected {options.data_info()}, loaded {dataset.info}")
+        raise DataError(f"the data changed while it was read: expected {options.data_info()}, "
+                        f"loaded {dataset.info}")
     return dataset
 
 
 def identity(model_options: Any, model_config: Mapping[str, Any], data: Any) -> dict[str, Any]:
-    """What a checkpoint records to be recognised (checkpoint.check_identity): the model's name, its options as
-    plain values, and the data's shape."""
+    """What a checkpoint records to be recognised (checkpoint.check_identity): the model's name, its options
+    as plain values, and the data's shape."""
     shape = dict(data.__dict__) | ({"domains": data.domains} if data.domains != 1 else {})  # 2: unpaired data
     return {"model": registry.name_of(model_options), "model_config": dict(model_config), "data": shape}

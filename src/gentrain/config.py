@@ -1,14 +1,16 @@
-"""Structured-config schemas for the top-level config, the trainer and the optimizers, and the rules for values.
+"""Structured-config schemas for the top-level config, the trainer and the optimizers,
+and the rules for values.
 
 Every YAML file in configs/ is validated against a dataclass registered in Hydra's ConfigStore, so a misspelt
 key (`trainer.max_stpes=1`) or a wrong type (`trainer.lr=abc`) fails when the config is composed, with Hydra's
-message naming the key. Models and datasets keep their schemas next to their code (`models/vae.py: VAEConfig`).
+message naming the key. Models and datasets keep their schemas next to their code
+(`models/vae.py: VAEConfig`).
 
 Values that have the right type but cannot work (a batch size of 0, a negative seed, an image side of 10^6)
 are declared where the field is: `setting(128, min=1, max=65536)`. `problems(config)` walks a composed config
 and lists every value outside its declared range, plus the cross-field rules a schema states in its `problems`
-method, before any data is read (settings.py). This module imports nothing else from gentrain, so any module may
-import it.
+method, before any data is read (settings.py). This module imports nothing else from gentrain, so any module
+may import it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from omegaconf import MISSING
 from gentrain.settings import SEED_MAX, SIZE_MAX, Rule, problems, setting  # noqa: F401
 
 
-# --- the schemas shared by every run --------------------------------------------------------------------------
+# --- the schemas shared by every run ------------------------------------------------------------------------
 class OptimizerName(Enum):
     adam = "adam"
     adamw = "adamw"
@@ -79,12 +81,15 @@ class TrainerConfig:
     lr: Optional[float] = setting(None, above=0)  # overrides the lr of every optimizer the model declares
     lr_schedule: LRSchedule = LRSchedule.constant
     warmup_steps: int = setting(0, min=0)
-    grad_clip: Optional[float] = setting(None, above=0)  # max global L2 norm per optimizer; null = no clipping
+    # max global L2 norm per optimizer; null = no clipping
+    grad_clip: Optional[float] = setting(None, above=0)
     precision: Precision = Precision.fp32
-    ema_decay: Optional[float] = setting(None, above=0, below=1)  # e.g. 0.999: evaluation and samples use the EMA
+    # e.g. 0.999: evaluation and samples use the EMA
+    ema_decay: Optional[float] = setting(None, above=0, below=1)
     device: str = setting("auto", pattern=DEVICE_PATTERN, meaning="auto, cpu, cuda, cuda:N or mps")
     compile: bool = False  # torch.compile the model's networks for training (evaluation stays eager)
-    # NHWC weights for convolutional models; null = on CUDA, and on a CPU for the models measured faster with it
+    # NHWC weights for convolutional models; null = on CUDA, and on a CPU for the models
+    # measured faster with it
     channels_last: Optional[bool] = None
     deterministic: bool = False
     # CPU threads for torch; null: the cores available to this process divided by the processes sharing them
@@ -98,7 +103,8 @@ class TrainerConfig:
     # run's planned training (final_images_for), never to how fast the machine is
     final_images: Optional[int] = setting(None, min=1)
     log_every: int = setting(50, min=1)  # steps between train/ scalars (and progress lines, see log_seconds)
-    # without a terminal (logs, pipes, SLURM) a progress line every log_every steps or log_seconds, whichever later
+    # without a terminal (logs, pipes, SLURM) a progress line every log_every steps or log_seconds,
+    # whichever later
     log_seconds: float = setting(30.0, min=0)
     num_samples: int = setting(64, min=1, max=1024)  # images in each sample grid
     keep_checkpoints: int = setting(3, min=1)  # step checkpoints kept besides best.pt
@@ -119,9 +125,9 @@ class TrainerConfig:
 
     def final_images_for(self, steps_per_epoch: int, final_cost: float) -> Optional[int]:
         """trainer.final_images, or the planned training images divided by what the end-of-run bounds of one
-        image cost in training images (the model's `final_cost`), at least one evaluation batch: the end of a short
-        run costs about as much as its training, and the same command covers the same images on any machine.
-        None (every image) when only max_minutes limits the run."""
+        image cost in training images (the model's `final_cost`), at least one evaluation batch: the end of a
+        short run costs about as much as its training, and the same command covers the same images on any
+        machine. None (every image) when only max_minutes limits the run."""
         if self.final_images is not None:
             return self.final_images
         steps = self.planned_steps(steps_per_epoch)
@@ -139,7 +145,8 @@ class TrainerConfig:
 
     def problems(self, prefix: str) -> Iterator[str]:
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
-            yield (f"the run would never stop: set {prefix}max_steps, {prefix}max_epochs or {prefix}max_minutes")
+            yield (f"the run would never stop: set {prefix}max_steps, {prefix}max_epochs or "
+                   f"{prefix}max_minutes")
         if self.early_stopping and not self.eval_every:
             yield f"{prefix}early_stopping counts evaluations: set {prefix}eval_every too (it is 0)"
 
@@ -152,7 +159,8 @@ class FeatureExtractorName(Enum):
 
 @dataclass
 class FeatureClassifierConfig:
-    """The classifier trained once per dataset as an offline feature extractor (gentrain/metrics/classifier.py).
+    """The classifier trained once per dataset as an offline feature extractor
+    (gentrain/metrics/classifier.py).
 
     Its settings are part of the cache key: FIDs are comparable only between runs that share them.
     """
@@ -160,24 +168,30 @@ class FeatureClassifierConfig:
     steps: int = setting(2000, min=1, max=10**7)
     batch_size: int = setting(128, min=1, max=SIZE_MAX)
     lr: float = setting(2e-3, above=0)
-    width: int = setting(16, min=1, max=1024)  # channels of the first convolution block; doubled in the next two
-    features: int = setting(128, min=1, max=SIZE_MAX)  # size of the penultimate layer, the features FID compares
+    # channels of the first convolution block; doubled in the next two
+    width: int = setting(16, min=1, max=1024)
+    # size of the penultimate layer, the features FID compares
+    features: int = setting(128, min=1, max=SIZE_MAX)
 
 
 @dataclass
 class FIDConfig:
     """FID and KID of generated samples against the training split (gentrain/metrics/sample_quality.py)."""
 
-    enabled: Optional[bool] = None  # null: on for models whose main metric is fid (the GANs), off for the others
+    # null: on for models whose main metric is fid (the GANs), off for the others
+    enabled: Optional[bool] = None
     features: FeatureExtractorName = FeatureExtractorName.auto
-    num_samples: int = setting(10000, min=2, max=10**6)  # generated images per evaluation (the papers use 50000)
+    # generated images per evaluation (the papers use 50000)
+    num_samples: int = setting(10000, min=2, max=10**6)
     batch_size: int = setting(250, min=1, max=SIZE_MAX)  # images per sampling and feature-extraction call
-    inception_weights: Optional[str] = setting(None, path="file")  # the FID Inception weights; null: torch hub cache
+    # the FID Inception weights; null: torch hub cache
+    inception_weights: Optional[str] = setting(None, path="file")
     kid_subsets: int = setting(100, min=1, max=10**5)  # KID: mean and std over this many random subsets ...
     kid_subset_size: int = setting(1000, min=2, max=10**6)  # ... of this many images from each side
     # improved precision and recall against KID's reference subset, k-th nearest neighbour radii; 0: off
     precision_recall_k: int = setting(3, min=0, max=1000)
-    inception_score_splits: int = setting(10, min=1, max=1000)  # Inception features only: IS mean and std over splits
+    # Inception features only: IS mean and std over splits
+    inception_score_splits: int = setting(10, min=1, max=1000)
     classifier: FeatureClassifierConfig = field(default_factory=FeatureClassifierConfig)
 
     def problems(self, prefix: str) -> Iterator[str]:
@@ -206,4 +220,5 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     seed: int = setting(0, min=0, max=SEED_MAX)
     # names the run (outputs/<date>/<time>_<name>, TensorBoard, metrics.json)
-    name: Optional[str] = setting(None, pattern=r"[\w.+=-]+", meaning="a name of letters, digits and . _ - + =")
+    name: Optional[str] = setting(None, pattern=r"[\w.+=-]+",
+                                  meaning="a name of letters, digits and . _ - + =")

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageSplit:
-    images: Union[Tensor, DiskImages]  # uint8 (N, C, H, W), values in [0, levels); in memory or on disk (stored.py)
+    # uint8 (N, C, H, W), values in [0, levels); in memory or on disk (stored.py)
+    images: Union[Tensor, DiskImages]
     labels: Optional[Tensor]  # int64 (N,) class or identity ids, or (N, K) attributes; None if unlabelled
     # unpaired data (data/unpaired.py): domain B's images (M, C, H, W), never paired with `images` by position
     other: Union[Tensor, DiskImages, None] = None
@@ -30,7 +31,8 @@ class ImageSplit:
 
     def to(self, device: torch.device) -> "ImageSplit":
         labels = None if self.labels is None else self.labels.to(device)
-        return ImageSplit(self.images.to(device), labels, None if self.other is None else self.other.to(device))
+        return ImageSplit(self.images.to(device), labels,
+                          None if self.other is None else self.other.to(device))
 
 
 @dataclass
@@ -87,10 +89,11 @@ def binarize_images(images: Tensor, seed: int) -> Tensor:
 
 
 def place(dataset: ImageDataset, in_memory: str, spill_dir: Path) -> ImageDataset:
-    """Every split's images (and domain B's) in memory, or on disk to be read a batch at a time: dataset.in_memory
-    (stored.keeps_in_memory). Arrays a loader built in memory are written to an anonymous file in `spill_dir` when
-    they are to be streamed."""
-    arrays = [a for s in (dataset.train, dataset.val, dataset.test) for a in (s.images, s.other) if a is not None]
+    """Every split's images (and domain B's) in memory, or on disk to be read a batch at a time:
+    dataset.in_memory (stored.keeps_in_memory). Arrays a loader built in memory are written to an anonymous
+    file in `spill_dir` when they are to be streamed."""
+    arrays = [a for s in (dataset.train, dataset.val, dataset.test) for a in (s.images, s.other)
+              if a is not None]
     if keeps_in_memory(in_memory, sum(a.shape.numel() for a in arrays)):
         convert = pixels
     else:
@@ -115,4 +118,5 @@ def apply_binarization(dataset: ImageDataset, mode: Binarize, seed: int) -> Imag
         train = dataset.train  # stays 8-bit: the batcher draws a fresh binarization per batch
     else:
         train = ImageSplit(binarize_images(dataset.train.images, seed), dataset.train.labels)
-    return replace(dataset, train=train, val=val, test=test, levels=2, dynamic_binarization=mode is Binarize.dynamic)
+    return replace(dataset, train=train, val=val, test=test, levels=2,
+                   dynamic_binarization=mode is Binarize.dynamic)

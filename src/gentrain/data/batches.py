@@ -63,7 +63,8 @@ class TrainBatches:
         self._order: Optional[Tensor] = None
         self._orders: dict[int, Tensor] = {}  # streaming: the orders of the epochs being read (at most two)
         self._ahead: deque[tuple[int, Future]] = deque()  # streaming: (global batch number, its read)
-        self._reader = ThreadPoolExecutor(1, "gentrain-reader") if isinstance(self.images, DiskImages) else None
+        self._reader = (ThreadPoolExecutor(1, "gentrain-reader") if isinstance(self.images, DiskImages)
+                        else None)
 
     def _epoch_order(self, epoch: int, stream: int = 0) -> Tensor:
         """A permutation of the images (stream 0) or of domain B's (stream 1) for `epoch`."""
@@ -111,7 +112,8 @@ class TrainBatches:
             index, x = self._next_stored()
         other = None
         if self.other is not None:  # B's own order, wrapping around when B has fewer images than A
-            positions = torch.arange(start, start + self.batch_size, device=self._other_order.device)[self.shard]
+            positions = torch.arange(start, start + self.batch_size,
+                                     device=self._other_order.device)[self.shard]
             other = self.other[self._other_order[positions % len(self.other)]].to(self.device)
         if self.dynamic_binarization:  # a fresh Bernoulli draw per batch, from the device's global RNG
             x = (torch.rand(x.shape, device=x.device) * 255.0 < x).to(torch.uint8)
@@ -132,9 +134,9 @@ def eval_batches(
     split: ImageSplit, batch_size: int, *, use_labels: bool, limit: Optional[int] = None, rank: int = 0,
     world_size: int = 1, device: Optional[torch.device] = None, start: int = 0,
 ) -> Iterator[Batch]:
-    """The split in order from image `start` up to `limit` (default: its end), in batches of `batch_size` (the last
-    one may be smaller), on `device` (default: where the split is). With several processes each gets a contiguous
-    1/world_size of those images."""
+    """The split in order from image `start` up to `limit` (default: its end), in batches of `batch_size` (the
+    last one may be smaller), on `device` (default: where the split is). With several processes each gets a
+    contiguous 1/world_size of those images."""
     n = len(split) if limit is None else min(limit, len(split))
     count = max(0, n - start)
     first, last = start + count * rank // world_size, start + count * (rank + 1) // world_size
