@@ -180,7 +180,7 @@ def test_a_model_whose_reverse_process_is_the_prior_scores_the_prior_bound():
     truth = prior_model_bound(images, beta_1).flatten(1).sum(1)
     with torch.no_grad():
         full = model.full_bound(images.repeat(16, 1, 1, 1), None)
-        sampled = model.sampled_bound(images.repeat(2500, 1, 1, 1), None)
+        sampled = model.sampled_bound(images.repeat(2500, 1, 1, 1), None)["nll_nats"]
     for estimate, copies in ((full["nll_nats"], 16), (sampled, 2500)):
         errors = estimate - truth.repeat(copies)
         assert abs(errors.mean()) < 4 * errors.std() / math.sqrt(len(errors)), (errors.mean(), errors.std())

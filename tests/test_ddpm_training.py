@@ -26,7 +26,7 @@ def test_debug_run_through_the_cli(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     test = metrics["test"]
-    assert set(test) == {"bits_per_dim", "nll_nats", "bits_per_dim_stderr", "nll_nats_stderr"}
+    assert set(test) == {"bits_per_dim", "nll_nats", "bits_per_dim_stderr", "nll_nats_stderr", "mse"}
     assert test["nll_nats"] == pytest.approx(test["bits_per_dim"] * 784 * math.log(2), rel=1e-5)
     assert 0 < test["bits_per_dim_stderr"] < test["bits_per_dim"]
     notes = " ".join(metrics["notes"])
