@@ -27,6 +27,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BINARIZED = "dataset.binarize=static"
+# The CPU-hour presets' EMA, schedule and clipping off, so that both sides run the loop the plain one has
+PLAIN_TRAINER = ("trainer.ema_decay=null", "trainer.lr_schedule=constant", "trainer.warmup_steps=0",
+                 "trainer.grad_clip=null")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,15 @@ FAMILIES = {
     "realnvp": Family(("experiment=realnvp_cpu",), 450, 150, "bits_per_dim"),
     "dcgan": Family(("experiment=dcgan_mnist", "trainer.max_minutes=null", "metrics.fid.num_samples=2000"),
                     1200, 300, "fid"),
+    "pixelcnnpp": Family(("experiment=pixelcnnpp_cpu",), 300, 100, "bits_per_dim"),
+    "pixel_transformer": Family(("experiment=pixel_transformer_cpu", BINARIZED), 200, 50, "nll_nats"),
+    # The diffusion models' U-Net of cpu_*_mnist; DDPM's curve is L_simple's mse (its one-t bound is too noisy)
+    "ddpm": Family(("experiment=cpu_ddpm_mnist", "model.ode_likelihood=false", *PLAIN_TRAINER), 300, 100,
+                   "mse"),
+    "vdm": Family(("experiment=cpu_vdm_mnist", "model.ode_likelihood=false", *PLAIN_TRAINER), 300, 100,
+                  "bits_per_dim"),
+    "flow_matching": Family(("experiment=cpu_flow_matching_mnist", "trainer.final_images=1", *PLAIN_TRAINER), 300,
+                            100, "fm_loss"),
 }
 EVAL_LIMIT = 2000
 
