@@ -56,7 +56,7 @@ FAMILIES = {
     "dcgan": Family(("experiment=dcgan_mnist", "trainer.max_minutes=null", "metrics.fid.num_samples=2000"),
                     1200, 300, "fid"),
     "pixelcnnpp": Family(("experiment=pixelcnnpp_cpu",), 300, 100, "bits_per_dim"),
-    "pixel_transformer": Family(("experiment=pixel_transformer_cpu", BINARIZED), 200, 50, "nll_nats"),
+    "pixel_transformer": Family(("experiment=pixel_transformer_cpu", BINARIZED), 150, 50, "nll_nats"),
     # The diffusion models' U-Net of cpu_*_mnist; DDPM's curve is L_simple's mse (its one-t bound is too noisy)
     "ddpm": Family(("experiment=cpu_ddpm_mnist", "model.ode_likelihood=false", *PLAIN_TRAINER), 300, 100,
                    "mse"),
