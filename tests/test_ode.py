@@ -3,6 +3,7 @@ velocity and log-density are known in closed form (tests/gaussian_flow.py)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from gaussian_flow import GaussianData
 from gentrain.metrics import bits_per_dim
+from gentrain.nn import ode
 from gentrain.nn.ode import (VPProbabilityFlow, exact_divergence, hutchinson_divergence, log_likelihood,
                              solve)
 
@@ -145,3 +147,12 @@ def test_the_probability_flow_of_a_diffusion_with_the_optimal_noise_prediction_g
     assert result.nfe.unique().numel() > 1  # images finish apart: the shifts must follow them
     error = bits_per_dim(result.log_prob - noisy_data(alpha_bar[0]).log_prob(x.flatten(1)).sum(1), 6).abs()
     assert error.max() < 0.01, error
+
+
+def test_a_long_adaptive_solve_reports_its_progress(monkeypatch, caplog):
+    monkeypatch.setattr(ode, "PROGRESS_SECONDS", 0.0)  # every step reports
+    with caplog.at_level(logging.INFO, logger="gentrain.nn.ode"):
+        solve(lambda x, t: -x, torch.randn(3, 2), 0.0, 1.0, solver="adaptive", rtol=1e-6, atol=1e-6)
+    lines = [r.getMessage() for r in caplog.records if r.name == "gentrain.nn.ode"]
+    assert lines and all(" of 3 rows done" in line for line in lines)
+    assert "% of the time span on average" in lines[-1]
