@@ -58,12 +58,12 @@ FAMILIES = {
     "pixelcnnpp": Family(("experiment=pixelcnnpp_cpu",), 300, 100, "bits_per_dim"),
     "pixel_transformer": Family(("experiment=pixel_transformer_cpu", BINARIZED), 150, 50, "nll_nats"),
     # The diffusion models' U-Net of cpu_*_mnist; DDPM's curve is L_simple's mse (its one-t bound is too noisy)
-    "ddpm": Family(("experiment=cpu_ddpm_mnist", "model.ode_likelihood=false", *PLAIN_TRAINER), 300, 100,
+    "ddpm": Family(("experiment=cpu_ddpm_mnist", "model.ode_likelihood=false", *PLAIN_TRAINER), 200, 50,
                    "mse"),
-    "vdm": Family(("experiment=cpu_vdm_mnist", "model.ode_likelihood=false", *PLAIN_TRAINER), 300, 100,
+    "vdm": Family(("experiment=cpu_vdm_mnist", "model.ode_likelihood=false", *PLAIN_TRAINER), 200, 50,
                   "bits_per_dim"),
-    "flow_matching": Family(("experiment=cpu_flow_matching_mnist", "trainer.final_images=1", *PLAIN_TRAINER), 300,
-                            100, "fm_loss"),
+    "flow_matching": Family(("experiment=cpu_flow_matching_mnist", "trainer.final_images=1", *PLAIN_TRAINER), 200,
+                            50, "fm_loss"),
 }
 EVAL_LIMIT = 2000
 
