@@ -201,3 +201,22 @@ def test_a_file_that_is_not_a_study_database_is_refused_in_one_line(tmp_path: Pa
     message = str(error.value)
     assert message.startswith(f"{file}: not a usable Optuna study database: ") and "\n" not in message
     assert "sqlalche" not in message and file.read_bytes() == before
+
+
+@pytest.mark.parametrize("message, retried", [("database is locked", True), ("table studies already exists", True),
+                                               ("disk I/O error", False), ("attempt to write a readonly database",
+                                                                           False)])
+def test_only_a_lost_race_is_retried(message: str, retried: bool) -> None:
+    """A sweep that lost the creation race, or the write lock SQLite refuses to wait for, tries again; a
+    database that cannot be written fails at once."""
+    from sqlalchemy.exc import OperationalError
+
+    from gentrain.optuna_study import _lost_creation_race
+
+    try:
+        try:
+            raise OperationalError("INSERT", {}, sqlite3.OperationalError(message))
+        except OperationalError as driver:
+            raise optuna.exceptions.StorageInternalError("during the commit") from driver
+    except optuna.exceptions.StorageInternalError as err:
+        assert _lost_creation_race(err) is retried

@@ -93,9 +93,13 @@ def refuse_foreign_sqlite(file: Path, url: str) -> None:
 
 
 def _lost_creation_race(err: BaseException) -> bool:
-    """Another sweep created the tables or the study meanwhile (a key taken, a table exists)."""
+    """Another sweep created the tables or the study meanwhile (a key taken, a table exists), or holds the
+    write lock: SQLite fails a read transaction's upgrade to a write at once ("database is locked"),
+    whatever its timeout, since waiting could deadlock. Seen once with four sweeps starting on a loaded
+    machine."""
     cause = _database_error(err)
-    return isinstance(cause, IntegrityError) or "already exists" in str(cause)
+    return isinstance(cause, IntegrityError) or any(
+        text in str(cause) for text in ("already exists", "database is locked"))
 
 
 def open_study(url: Optional[str], study_name: Optional[str], sampler: BaseSampler,
