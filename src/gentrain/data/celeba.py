@@ -1,4 +1,5 @@
-"""CelebA aligned faces (178x218 JPEGs), centre-cropped and resized, with the official train/valid/test partition.
+"""CelebA aligned faces (178x218 JPEGs), centre-cropped and resized, with the official train/valid/test
+partition.
 
 Files in `<root>/celeba/`: `img_align_celeba/*.jpg` and `list_eval_partition.txt` are required;
 `identity_CelebA.txt` and `list_attr_celeba.txt` are read when labels ask for them. The decoded uint8 array is
@@ -110,7 +111,8 @@ def load_celeba(cfg: CelebAConfig, root: Path) -> ImageDataset:
 
     if len(names) < FULL_SIZE:
         log.warning(
-            "CelebA in %s is a subset (%d of %d images); its listing files cannot match the published checksums",
+            "CelebA in %s is a subset (%d of %d images); its listing files cannot match the published "
+            "checksums",
             folder, len(names), FULL_SIZE,
         )
     elif cfg.verify:
@@ -130,7 +132,8 @@ def load_celeba(cfg: CelebAConfig, root: Path) -> ImageDataset:
         listing = _read_listing(folder / labels_file)
         unlabelled = [n for n in names if n not in listing]
         if unlabelled:
-            raise DataError(f"{labels_file} has no entry for {len(unlabelled)} image(s), e.g. {unlabelled[0]}")
+            raise DataError(f"{labels_file} has no entry for {len(unlabelled)} image(s), "
+                            f"e.g. {unlabelled[0]}")
         if cfg.labels is CelebALabels.identity:
             labels = torch.tensor([int(listing[n][0]) for n in names], dtype=torch.int64)
         else:

@@ -70,8 +70,8 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or data.shape[0] != labels.shape[0]:
         raise DataError(f"{path} is not a CIFAR-10 batch: data {data.shape}, labels {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path} holds labels outside the 10 CIFAR-10 classes ({labels.min()}..{labels.max()}): "
-                        f"corrupt or not a CIFAR-10 batch")
+        raise DataError(f"{path} holds labels outside the 10 CIFAR-10 classes "
+                        f"({labels.min()}..{labels.max()}): corrupt or not a CIFAR-10 batch")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -102,8 +102,8 @@ def load_cifar10(cfg: CIFAR10Config, root: Path) -> ImageDataset:
     missing = [name for name in TRAIN_BATCHES if name not in present]
     if missing:
         log.warning(
-            "CIFAR-10 in %s is a partial set: %s missing; loading the batches present. Checksums of a partial "
-            "set cannot be verified.",
+            "CIFAR-10 in %s is a partial set: %s missing; loading the batches present. Checksums of a "
+            "partial set cannot be verified.",
             folder,
             ", ".join(missing),
         )
@@ -111,8 +111,9 @@ def load_cifar10(cfg: CIFAR10Config, root: Path) -> ImageDataset:
         for name, md5 in {**TRAIN_BATCHES, **TEST_BATCH}.items():
             if file_digest(folder / name) != md5:
                 raise DataError(
-                    f"{folder / name} does not match the published md5 {md5}: the file is corrupt or not the "
-                    f"official one; delete the folder to re-download, or set dataset.verify=false to load it anyway"
+                    f"{folder / name} does not match the published md5 {md5}: the file is corrupt or not "
+                    f"the official one; delete the folder to re-download, or set dataset.verify=false to load "
+                    f"it anyway"
                 )
 
     def split(names: list[str]) -> ImageSplit:
@@ -122,7 +123,8 @@ def load_cifar10(cfg: CIFAR10Config, root: Path) -> ImageDataset:
 
     train, val = hold_out(split(present), cfg.val_fraction, cfg.split_seed)
     splits = {"train": train, "val": val, "test": split(["test_batch"])}
-    if cfg.image_size is not None:  # after the hold-out: no full-size resized copy is ever made of the training set
+    # After the hold-out: no full-size resized copy is ever made of the training set
+    if cfg.image_size is not None:
         paths = [folder / name for name in [*present, "test_batch"]]
         splits = resized_cached(folder, "cifar10", paths, cfg.image_size, splits,
                                 held_out=(cfg.val_fraction, cfg.split_seed))

@@ -38,7 +38,8 @@ class Mismatch(Exception):
 
 
 def _fetch(response, out, name: str, expected: str | None, algorithm: str) -> None:
-    """Copy a response into `out`, checking its digest on the way: a mismatch raises before the file is renamed."""
+    """Copy a response into `out`, checking its digest on the way: a mismatch raises before the file is
+    renamed."""
     digest = hashlib.new(algorithm)
     total = int(response.headers.get("Content-Length") or 0) or None
     with Progress(total, f"download {name}", "B") as progress:
@@ -52,7 +53,8 @@ def _fetch(response, out, name: str, expected: str | None, algorithm: str) -> No
 
 
 def download(urls: Sequence[str], destination: Path, expected: str | None, algorithm: str = "md5") -> Path:
-    """Fetch the first of `urls` that works into `destination`, verifying its digest (`algorithm`: md5, sha256).
+    """Fetch the first of `urls` that works into `destination`, verifying its digest (`algorithm`: md5,
+    sha256).
 
     The file is written to a temporary name in the same folder and renamed only once complete and
     verified, so an interrupted or corrupted download never looks like a good file.
@@ -70,7 +72,8 @@ def download(urls: Sequence[str], destination: Path, expected: str | None, algor
     for url in urls:
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
-                write_file(destination, lambda out: _fetch(response, out, destination.name, expected, algorithm))
+                write_file(destination,
+                           lambda out: _fetch(response, out, destination.name, expected, algorithm))
             log.info("downloaded %s from %s", destination, url)
             return destination
         except Mismatch as err:
@@ -88,8 +91,8 @@ def missing_files_error(dataset: str, folder: Path, files: Sequence[str], hint: 
     extra = f" {hint}" if hint else ""
     return DataError(
         f"{dataset} files not found: expected {listed} in {folder}. Put them there, or point dataset.root "
-        f"(or $GENTRAIN_DATA) at the folder that holds them, or download them with dataset.download=true on a "
-        f"machine with internet access{extra}"
+        f"(or $GENTRAIN_DATA) at the folder that holds them, or download them with dataset.download=true "
+        f"on a machine with internet access{extra}"
     )
 
 

@@ -47,11 +47,13 @@ def load_folder(cfg: FolderConfig, root: Path) -> ImageDataset:
         "dataset": "folder", "folder": str(folder), "size": cfg.image_size, "crop": cfg.crop,
         "channels": cfg.channels, "files": file_fingerprint(paths),
     }
-    images = decoded_cached(folder, f"folder-{folder.name}", key, paths, cfg.image_size, cfg.crop, cfg.channels)
+    images = decoded_cached(folder, f"folder-{folder.name}", key, paths, cfg.image_size, cfg.crop,
+                            cfg.channels)
     labels = None if class_ids is None else torch.tensor(class_ids, dtype=torch.int64)
     everything = ImageSplit(images, labels)  # on disk: the splits below are views, read when needed
     rest, test = hold_out(everything, cfg.test_fraction, cfg.split_seed)
     train, val = hold_out(rest, cfg.val_fraction / (1.0 - cfg.test_fraction), cfg.split_seed + 1)
     if classes:
-        log.info("folder dataset %s: %d classes from sub-folders (%s)", folder, len(classes), ", ".join(classes[:10]))
+        log.info("folder dataset %s: %d classes from sub-folders (%s)", folder, len(classes),
+                 ", ".join(classes[:10]))
     return ImageDataset(f"folder:{folder.name}", train, val, test, num_classes=len(classes) or None)

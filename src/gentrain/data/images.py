@@ -1,4 +1,5 @@
-"""Decoding image files once: centre-crop, resize, and cache the uint8 array so later runs start in seconds."""
+"""Decoding image files once: centre-crop, resize, and cache the uint8 array so later runs start in
+seconds."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
-    """Antialiased bilinear resize of uint8 images (N, C, H, W) to size x size, a chunk at a time straight into a
-    uint8 result: memory holds the result and one chunk of floats (70,000 MNIST digits resized at once went
-    through 3 GB of float copies)."""
+    """Antialiased bilinear resize of uint8 images (N, C, H, W) to size x size, a chunk at a time straight
+    into a uint8 result: memory holds the result and one chunk of floats (70,000 MNIST digits resized at once
+    went through 3 GB of float copies)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
@@ -45,9 +46,9 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.T
 
 def resized_cached(data_dir: Path, name: str, sources: Sequence[Path], size: int, splits: dict[str, Any],
                    held_out: tuple[float, int]) -> dict[str, Any]:
-    """The splits (name -> ImageSplit) with their images resized to size x size, cached under the fingerprint of
-    the files they were read from and how the validation split was held out: the second run at that size loads
-    the result instead of resizing again."""
+    """The splits (name -> ImageSplit) with their images resized to size x size, cached under the fingerprint
+    of the files they were read from and how the validation split was held out: the second run at that size
+    loads the result instead of resizing again."""
     key = {"dataset": name, "size": size, "files": file_fingerprint(sources), "held_out": list(held_out)}
     shapes = {k: (len(s), s.images.shape[1], size, size) for k, s in splits.items()}
 
@@ -80,7 +81,8 @@ def decode_images(paths: Sequence[Path], size: int, crop: Optional[int], channel
     workers = min(8, available_cores(), len(starts))
     failures: list[str] = []
     # Processes, not threads: PIL's resize holds the GIL. Forked, as DataLoader workers are: a spawned worker
-    # would import the caller's main module again. Small sets are decoded here, where starting workers costs more.
+    # would import the caller's main module again. Small sets are decoded here, where starting workers costs
+    # more.
     # Workers die with this process, even by kill -9 (forked.py): orphans would sleep forever.
     forking = "fork" in multiprocessing.get_all_start_methods()
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
@@ -115,8 +117,8 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def decoded_cached(data_dir: Path, name: str, key: dict, paths: Sequence[Path], size: int, crop: Optional[int],
-                   channels: int) -> DiskImages:
+def decoded_cached(data_dir: Path, name: str, key: dict, paths: Sequence[Path], size: int,
+                   crop: Optional[int], channels: int) -> DiskImages:
     """Every file of `paths` decoded once into the cache (decode_images), continuing an interrupted
     decoding where it stopped: the images file is written in place, and `images.done` records how
     many are in it once they are on disk."""
