@@ -111,9 +111,9 @@ def load_cifar10(cfg: CIFAR10Config, root: Path) -> ImageDataset:
         for name, md5 in {**TRAIN_BATCHES, **TEST_BATCH}.items():
             if file_digest(folder / name) != md5:
                 raise DataError(
-                    f"{folder / name} does not match the published md5 {md5}: the file is corrupt or not "
-                    f"the official one; delete the folder to re-download, or set dataset.verify=false to load "
-                    f"it anyway"
+                    f"{folder / name} does not match the published md5 {md5}: the file is corrupt or "
+                    f"not the official one; delete the folder to re-download, or set dataset.verify=false "
+                    f"to load it anyway"
                 )
 
     def split(names: list[str]) -> ImageSplit:
