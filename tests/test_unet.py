@@ -58,3 +58,13 @@ def test_input_fourier_features_and_the_paper_size():
     assert round(sum(p.numel() for p in ho.parameters()) / 1e6, 1) == 35.7
     with pytest.raises(ValueError, match="labels"):
         ho(torch.randn(1, 3, 32, 32), torch.zeros(1), torch.zeros(1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("attention,warned", [((5,), True), ((16,), True), ((14, 16), False), ((), False)])
+def test_attention_sides_that_match_no_level_are_reported(attention, warned, caplog):
+    with caplog.at_level("WARNING", logger="gentrain.nn.unet"):
+        net = small(28, attention=attention)
+    blocks = [b for b in [*net.down, *net.up] if isinstance(b, torch.nn.ModuleList)]  # not the resamplers
+    blocks_with_attention = sum(len(block) == 2 for block in blocks)
+    assert (blocks_with_attention == 0) == (not set(attention) & {28, 14, 7})
+    assert ("match none of the U-Net's sides 28, 14, 7" in caplog.text) == warned

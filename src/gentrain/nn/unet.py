@@ -14,12 +14,15 @@ frequencies down to 1/10000, so it resolves unit steps over a range of about a t
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -167,6 +170,9 @@ class UNet(nn.Module):
                 self.down.append(Downsample(c))
                 skips.append(c)
                 res //= 2
+        if attention and not attention & set(self.resolutions):  # a typo, or sides meant for other images
+            log.warning("attention_resolutions %s match none of the U-Net's sides %s: self-attention only in "
+                        "its middle block", sorted(attention), ", ".join(map(str, self.resolutions)))
         self.middle = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), AttentionBlock(c, attention_heads),
                                      ResBlock(c, c, emb_dim, dropout)])
         self.up = nn.ModuleList()

@@ -7,6 +7,7 @@ from enum import Enum
 from typing import ClassVar, Iterator
 
 from gentrain.config import OptimizerConfig, setting
+from gentrain.models.schemas import guidance_problems
 from gentrain.registry import model_config
 
 
@@ -36,12 +37,6 @@ class Objective(Enum):
 class Sampler(Enum):
     ancestral = "ancestral"  # p(x_{t-1} | x_t) step by step (fewer steps than T: the respaced chain)
     ddim = "ddim"  # Song et al.'s DDIM with ddim_eta (0: deterministic; 1: the ancestral sampler with beta~)
-
-
-def guidance_problems(conditional: bool, guidance_scale: float, prefix: str) -> Iterator[str]:
-    if guidance_scale != 1.0 and not conditional:
-        yield (f"{prefix}guidance_scale={guidance_scale} needs {prefix}conditional=true (classifier-free "
-               f"guidance mixes the class-conditional and the unconditional noise prediction)")
 
 
 @dataclass
@@ -78,7 +73,8 @@ class DDPMConfig(ProbabilityFlowOptions):
     base_channels: int = setting(32, min=1, max=4096)
     channel_mult: list[int] = setting(factory=lambda: [1, 2, 2], min_items=1, min=1, max=64)
     num_res_blocks: int = setting(2, min=1, max=64)
-    attention_resolutions: list[int] = setting(factory=lambda: [16], min=1, max=65536)  # image sides
+    # sides of the levels with self-attention: 16 of 32-pixel images (Ho et al.), 14 of 28-pixel ones
+    attention_resolutions: list[int] = setting(factory=lambda: [14, 16], min=1, max=65536)
     attention_heads: int = setting(1, min=1, max=64)
     dropout: float = setting(0.1, min=0, below=1)
     conditional: bool = False  # class labels in, with classifier-free guidance
@@ -99,7 +95,7 @@ class DDPMConfig(ProbabilityFlowOptions):
                                                    | ProbabilityFlowOptions.ODE_BUDGET)
 
     def problems(self, prefix: str) -> Iterator[str]:
-        yield from guidance_problems(self.conditional, self.guidance_scale, prefix)
+        yield from guidance_problems(self.conditional, self.guidance_scale, prefix, "noise prediction")
         learned = self.variance is ReverseVariance.learned
         if (self.objective is Objective.hybrid) != learned:
             yield (f"{prefix}objective={self.objective.value} with {prefix}variance={self.variance.value}: "
@@ -122,7 +118,7 @@ class VDMConfig(ProbabilityFlowOptions):
     base_channels: int = setting(32, min=1, max=4096)
     channel_mult: list[int] = setting(factory=lambda: [1, 2, 2], min_items=1, min=1, max=64)
     num_res_blocks: int = setting(2, min=1, max=64)
-    attention_resolutions: list[int] = setting(factory=lambda: [16], min=1, max=65536)
+    attention_resolutions: list[int] = setting(factory=lambda: [14, 16], min=1, max=65536)  # as model=ddpm
     attention_heads: int = setting(1, min=1, max=64)
     dropout: float = setting(0.1, min=0, below=1)
     conditional: bool = False  # class labels in, with classifier-free guidance (as model=ddpm)
@@ -142,4 +138,4 @@ class VDMConfig(ProbabilityFlowOptions):
         if self.gamma_min >= self.gamma_max:
             yield (f"{prefix}gamma_min={self.gamma_min} must be below {prefix}gamma_max={self.gamma_max}: "
                    f"the noise grows with t")
-        yield from guidance_problems(self.conditional, self.guidance_scale, prefix)
+        yield from guidance_problems(self.conditional, self.guidance_scale, prefix, "noise prediction")

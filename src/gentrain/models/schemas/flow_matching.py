@@ -7,6 +7,7 @@ from enum import Enum
 from typing import ClassVar, Iterator
 
 from gentrain.config import SIZE_MAX, OptimizerConfig, setting
+from gentrain.models.schemas import guidance_problems
 from gentrain.registry import model_config
 
 # The ODE likelihoods' default (flow matching, and DDPM's probability flow): images of at most this many
@@ -63,6 +64,4 @@ class FlowMatchingConfig:
     })
 
     def problems(self, prefix: str) -> Iterator[str]:
-        if self.guidance_scale != 1.0 and not self.conditional:
-            yield (f"{prefix}guidance_scale={self.guidance_scale} needs {prefix}conditional=true "
-                   f"(classifier-free guidance mixes the class-conditional and the unconditional velocity)")
+        yield from guidance_problems(self.conditional, self.guidance_scale, prefix, "velocity")
