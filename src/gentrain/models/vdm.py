@@ -18,6 +18,7 @@ network (gentrain/models/probability_flow.py), from z_0 at t = 0 to N(0, I) at t
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -34,6 +35,9 @@ from gentrain.models.probability_flow import ProbabilityFlowLikelihood
 from gentrain.models.schemas.ddpm import Prediction, ReverseVariance, VDMConfig
 from gentrain.nn.ode import VPProbabilityFlow
 from gentrain.nn.unet import UNet
+
+# How far, in sigma_0, the decoder's normaliser looks from z_0 (see VDM.decoder_term)
+DECODER_REACH = 20.0
 
 
 class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
@@ -95,12 +99,29 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
         return 0.5 * slope * per_image((eps - eps_hat) ** 2)
 
     def decoder_term(self, x0: Tensor, z0: Tensor) -> Tensor:
-        """-log p(x | z_0) with p(x_i = v_k | z_0) proportional to N(z_0; alpha_0 v_k, sigma_0^2)."""
+        """-log p(x | z_0) with p(x_i = v_k | z_0) proportional to N(z_0; alpha_0 v_k, sigma_0^2).
+
+        The normaliser sums over the values within DECODER_REACH sigma_0 of the one nearest z_0 / alpha_0
+        (all L when that reaches them all): the others add less than exp(-DECODER_REACH^2 / 2) = 1e-87 of the
+        largest term, below float64's resolution, and leaving them out makes a training step at the paper's
+        gamma_min about 3x faster on CIFAR-10's 3072 pixels."""
         alpha, sigma = self.alpha_sigma(self.gamma_ends[0].expand(len(z0)), z0)
+        levels = self.data.levels
+        spacing = alpha * (2.0 / (levels - 1))  # between the means alpha v_k of neighbouring values
+        reach = math.ceil(float((DECODER_REACH * sigma / spacing).detach().max())) + 1
         values = self.values.to(z0.dtype)
-        logits = -0.5 * ((z0[..., None] - alpha[..., None] * values) / sigma[..., None]) ** 2
-        index = ((x0 + 1) * (self.data.levels - 1) / 2).round().long()
-        chosen = logits.gather(-1, index[..., None])[..., 0]
+        observed = values[((x0 + 1) * (levels - 1) / 2).round().long()]  # x0 on the grid of the normaliser
+        chosen = -0.5 * ((z0 - alpha * observed) / sigma) ** 2
+        if 2 * reach + 1 >= levels:
+            near, valid = values, None
+        else:
+            nearest = ((z0 / alpha + 1) / 2 * (levels - 1)).detach().round().long()
+            index = nearest[..., None] + torch.arange(-reach, reach + 1, device=z0.device)
+            valid = (index >= 0) & (index < levels)
+            near = values[index.clamp(0, levels - 1)]
+        logits = -0.5 * ((z0[..., None] - alpha[..., None] * near) / sigma[..., None]) ** 2
+        if valid is not None:
+            logits = logits.masked_fill(~valid, -math.inf)
         return per_image(torch.logsumexp(logits, -1) - chosen)
 
     def prior_term(self, x0: Tensor) -> Tensor:

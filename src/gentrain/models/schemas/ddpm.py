@@ -39,20 +39,30 @@ class Sampler(Enum):
     ddim = "ddim"  # Song et al.'s DDIM with ddim_eta (0: deterministic; 1: the ancestral sampler with beta~)
 
 
+class Dequantization(Enum):
+    uniform = "uniform"  # y uniform in the pixel's bin around x (Song et al. 2021)
+    # y ~ N(alpha x, sigma^2) of the ODE's first noise level, truncated to the bin scaled by alpha (Zheng et
+    # al. 2023): what the model's density there was trained on, so the bound is tight when sigma << the bin
+    truncated_normal = "truncated_normal"
+
+
 @dataclass
 class ProbabilityFlowOptions:
     """The end-of-run test pass of a diffusion model may also score the probability-flow ODE likelihood (Song
     et al. 2021; gentrain/models/probability_flow.py): adaptive Dormand-Prince 5(4) at rtol = atol =
     ode_tolerance, the exact divergence for images of at most EXACT_DIVERGENCE_MAX_DIMS (64) values
-    (schemas/flow_matching.py), else Hutchinson's with ode_probes Rademacher probes."""
+    (schemas/flow_matching.py), else Hutchinson's with ode_probes Rademacher probes; the pixels dequantized
+    as ode_dequantization says."""
 
     ode_likelihood: bool = False
     ode_tolerance: float = setting(1e-5, above=0, below=1)
     ode_probes: int = setting(4, min=2, max=1000)
+    ode_dequantization: Dequantization = Dequantization.uniform
 
     # how it is evaluated, not what the weights mean: gentrain-eval may change them (trainer=debug loosens the
     # tolerance)
-    ODE_OPTIONS: ClassVar[frozenset[str]] = frozenset({"ode_likelihood", "ode_tolerance", "ode_probes"})
+    ODE_OPTIONS: ClassVar[frozenset[str]] = frozenset({"ode_likelihood", "ode_tolerance", "ode_probes",
+                                                       "ode_dequantization"})
     ODE_BUDGET: ClassVar[frozenset[str]] = frozenset({"ode_tolerance"})
 
 
