@@ -24,8 +24,8 @@ from gentrain.models.ddpm import DDPM
 from gentrain.models.diffusion_sampling import ancestral_sample, ddim_sample
 from gentrain.models.gaussian_diffusion import (GaussianDiffusion, cosine_alpha_bar,
                                                 discretized_gaussian_log_prob, linear_alpha_bar)
-from gentrain.models.schemas.ddpm import (DDPMConfig, NoiseSchedule, Objective, Prediction, ReverseVariance,
-                                          Sampler)
+from gentrain.models.schemas.ddpm import (DDPMConfig, Dequantization, NoiseSchedule, Objective, Prediction,
+                                          ReverseVariance, Sampler)
 
 LEVELS = torch.linspace(-1, 1, 256, dtype=torch.float64)
 HALF = 1 / 255
@@ -320,16 +320,18 @@ class GaussianPrediction(nn.Module):
             self.prediction]
 
 
-@pytest.mark.parametrize("prediction", list(Prediction))
-def test_the_probability_flow_likelihood_of_the_optimal_network_is_the_data_density(prediction):
+@pytest.mark.parametrize("prediction,dequantization", [(p, Dequantization.uniform) for p in Prediction]
+                         + [(Prediction.eps, Dequantization.truncated_normal)])
+def test_the_probability_flow_likelihood_of_the_optimal_network_is_the_data_density(prediction, dequantization):
     """model.ode_likelihood=true, for 8-bit 2x2 images of Gaussian pixels, one mean per class: with the
-    closed-form network the ODE bound equals its expectation over the dequantization noise, -log of the
-    density at the first noise level (N(a mu, a^2 s^2 + 1 - a^2) per pixel, a^2 = alpha_bar_1) integrated over
-    each pixel's bin of width w, minus D ln w, within 0.01 bits/dim; labels follow their images in the
-    adaptive solver."""
+    closed-form network the ODE bound equals its expectation over the dequantization noise within 0.01
+    bits/dim: with uniform noise, -log of the density at the first noise level (N(a mu, a^2 s^2 + 1 - a^2) per
+    pixel, a^2 = alpha_bar_1) integrated over each pixel's bin of width w, minus D ln w; with the truncated
+    normal y = a x + sigma e (|e| <= A = a w / (2 sigma), E e^2 = 1 - 2 A phi(A) / Z, Z = 1 - 2 Phi(-A)),
+    E[-log p(y)] + E[log q(y | x)] in closed form; labels follow their images in the adaptive solver."""
     mu, s = 0.1, 0.3
     model = tiny(DataInfo(1, 2, 2, 256, 3), variance=ReverseVariance.fixed_large, conditional=True,
-                 prediction=prediction, ode_likelihood=True).float()
+                 prediction=prediction, ode_likelihood=True, ode_dequantization=dequantization).float()
     model.net = GaussianPrediction(model, mu, s)
     gen = torch.Generator().manual_seed(4)
     labels = torch.arange(24) % 3
@@ -343,8 +345,17 @@ def test_the_probability_flow_likelihood_of_the_optimal_network_is_the_data_dens
     a2 = float(model.diffusion.alpha_bar[0])
     mean, var, w = a2 ** 0.5 * (mu + 0.1 * labels.view(-1, 1, 1, 1)), a2 * s ** 2 + 1 - a2, 2 / 255
     centre = x.double() * w - 1
-    expected = (0.5 * math.log(2 * math.pi * var) + ((centre - mean) ** 2 + w ** 2 / 12) / (2 * var)
-                - math.log(w)).flatten(1).sum(1)
+    if dequantization is Dequantization.uniform:
+        expected = (0.5 * math.log(2 * math.pi * var) + ((centre - mean) ** 2 + w ** 2 / 12) / (2 * var)
+                    - math.log(w)).flatten(1).sum(1)
+    else:
+        sigma = math.sqrt(1 - a2)
+        half = a2 ** 0.5 * w / (2 * sigma)
+        mass = math.erf(half / math.sqrt(2))
+        e2 = 1 - 2 * half * math.exp(-half ** 2 / 2) / math.sqrt(2 * math.pi) / mass
+        expected = (0.5 * math.log(2 * math.pi * var) + ((a2 ** 0.5 * centre - mean) ** 2 + sigma ** 2 * e2)
+                    / (2 * var) - 0.5 * e2 - 0.5 * math.log(2 * math.pi * sigma ** 2) - math.log(mass)
+                    ).flatten(1).sum(1)
     gap_bits = (out["ode_nll_nats"].double() - expected).mean() / (4 * math.log(2))
     assert abs(float(gap_bits)) < 0.01, float(gap_bits)
     assert float(out["ode_nfe"].min()) > 10  # the adaptive solver, not a fixed few steps
