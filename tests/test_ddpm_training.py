@@ -93,6 +93,8 @@ def test_the_evaluator_reports_the_standard_error_of_the_mean():
     ("iddpm_cifar10", (40e6, 70e6), DataInfo(3, 32, 32, 256, 10)),
     ("cpu_ddpm_cifar10", (0.5e6, 2e6), DataInfo(3, 32, 32, 256, 10)),
     ("vdm_cifar10", (20e6, 40e6), DataInfo(3, 32, 32, 256, 10)),
+    ("cpu_vdm_mnist", (0.5e6, 2e6), DataInfo(1, 28, 28, 256, 10)),
+    ("cpu_vdm_cifar10", (0.5e6, 2e6), DataInfo(3, 32, 32, 256, 10)),
 ])
 def test_presets_build_with_their_sizes(preset, params, data):
     cfg = to_config(compose_config(f"experiment={preset}"))

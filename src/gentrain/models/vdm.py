@@ -108,7 +108,8 @@ class VDM(ProbabilityFlowLikelihood, GenerativeModel, config=VDMConfig):
         alpha, sigma = self.alpha_sigma(self.gamma_ends[0].expand(len(z0)), z0)
         levels = self.data.levels
         spacing = alpha * (2.0 / (levels - 1))  # between the means alpha v_k of neighbouring values
-        reach = math.ceil(float((DECODER_REACH * sigma / spacing).detach().max())) + 1
+        # one host sync (the trainer syncs every step anyway); shapes only on the meta device: all values
+        reach = levels if z0.is_meta else math.ceil(float((DECODER_REACH * sigma / spacing).detach().max())) + 1
         values = self.values.to(z0.dtype)
         observed = values[((x0 + 1) * (levels - 1) / 2).round().long()]  # x0 on the grid of the normaliser
         chosen = -0.5 * ((z0 - alpha * observed) / sigma) ** 2
