@@ -80,7 +80,7 @@ class ProbabilityFlowLikelihood(ProbeStandardError):
         """y ~ q(y | x) for the images x (B, C, H, W) and log q(y | x) (B,), float64 (see the module's doc)."""
         d = self.data
         width, centre = 2.0 / (d.levels - 1), self.scale(x).double()
-        noise = torch.rand(x.shape, device=x.device).double()  # float32 draws: the numbers of earlier versions
+        noise = torch.rand(x.shape, device=x.device).double()  # float32 draws: the same as earlier versions
         if self.cfg.ode_dequantization is Dequantization.uniform:
             return centre + (noise - 0.5) * width, centre.new_full(x.shape[:1], -d.num_dims * math.log(width))
         alpha, sigma = self.first_level
