@@ -75,7 +75,9 @@ class Bernoulli(PixelLikelihood):
 
 
 class Categorical(PixelLikelihood):
-    """A softmax over all `levels` values per sub-pixel. Parameters are laid out channel-major: (B, C*L, H, W)."""
+    """A softmax over all `levels` values per sub-pixel.
+
+    Parameters are laid out channel-major: (B, C*L, H, W)."""
 
     @property
     def num_params(self) -> int:

@@ -50,26 +50,29 @@ def read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims))
     if len(raw) - offset != expected:
-        raise DataError(f"{path} holds {len(raw) - offset} values but its header says {expected} (truncated?)")
+        raise DataError(f"{path} holds {len(raw) - offset} values but its header says {expected} "
+                        f"(truncated?)")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 def _locate(raw_dir: Path, name: str, cfg: MNISTConfig) -> Path:
-    """The file to read for `name`: the verified .gz when present, else the uncompressed file, else download."""
+    """The file to read for `name`: the verified .gz when present, else the uncompressed file; when neither is
+    there, the .gz downloaded."""
     gz = raw_dir / f"{name}.gz"
     plain = raw_dir / name
     if not gz.exists() and not plain.exists():
+        archives = [f"{n}.gz" for n in FILES]
         if not cfg.download:
-            raise missing_files_error("MNIST", raw_dir, [f"{n}.gz" for n in FILES], "(dataset.download=false)")
+            raise missing_files_error("MNIST", raw_dir, archives, "(dataset.download=false)")
         try:
             download([m + gz.name for m in cfg.mirrors], gz, FILES[name])
         except DataError as err:
-            raise DataError(f"{err}. {missing_files_error('MNIST', raw_dir, [f'{n}.gz' for n in FILES])}") from err
+            raise DataError(f"{err}. {missing_files_error('MNIST', raw_dir, archives)}") from err
     if gz.exists():
         if cfg.verify and file_digest(gz) != FILES[name]:
             raise DataError(
-                f"{gz} does not match the published md5 {FILES[name]} (corrupt or a different file): delete it "
-                f"to re-download, or set dataset.verify=false to load it anyway"
+                f"{gz} does not match the published md5 {FILES[name]} (corrupt or a different file): "
+                f"delete it to re-download, or set dataset.verify=false to load it anyway"
             )
         return gz
     return plain
@@ -87,14 +90,17 @@ def load_mnist(cfg: MNISTConfig, root: Path) -> ImageDataset:
     for split, prefix in (("train", "train"), ("test", "t10k")):
         x, y = arrays[f"{prefix}-images-idx3-ubyte"], arrays[f"{prefix}-labels-idx1-ubyte"]
         if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[1:] != (28, 28):
-            raise DataError(f"MNIST {prefix}-images and {prefix}-labels disagree: {x.shape} images, {y.shape} labels "
-                            f"(expected N x 28 x 28 images and N labels)")
+            raise DataError(f"MNIST {prefix}-images and {prefix}-labels disagree: {x.shape} images, "
+                            f"{y.shape} labels (expected N x 28 x 28 images and N labels)")
         if y.size and y.max() > 9:
-            raise DataError(f"MNIST {prefix}-labels holds the label {int(y.max())}: digits are 0-9 (corrupt file?)")
-        images[split], labels[split] = torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+            raise DataError(f"MNIST {prefix}-labels holds the label {int(y.max())}: digits are 0-9 "
+                            f"(corrupt file?)")
+        images[split] = torch.from_numpy(x.copy()).unsqueeze(1)
+        labels[split] = torch.from_numpy(y.astype(np.int64))
     train, val = hold_out(ImageSplit(images["train"], labels["train"]), cfg.val_fraction, cfg.split_seed)
     splits = {"train": train, "val": val, "test": ImageSplit(images["test"], labels["test"])}
-    if cfg.image_size is not None:  # after the hold-out: no full-size resized copy is ever made of the training set
+    # resized after the hold-out, so that no resized copy of the full training split is ever made
+    if cfg.image_size is not None:
         splits = resized_cached(raw_dir, "mnist", list(files.values()), cfg.image_size, splits,
                                 held_out=(cfg.val_fraction, cfg.split_seed))
     return ImageDataset("mnist", splits["train"], splits["val"], splits["test"], num_classes=10)

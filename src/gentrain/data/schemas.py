@@ -25,7 +25,9 @@ BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binar
 
 
 def resolve_root(root: Optional[str]) -> Path:
-    """dataset.root, else $GENTRAIN_DATA, else ./data (relative paths are taken from the current directory)."""
+    """dataset.root, else $GENTRAIN_DATA, else ./data.
+
+    A relative path is taken from the current directory."""
     chosen = root or os.environ.get("GENTRAIN_DATA") or "data"
     return Path(chosen).expanduser().absolute()
 
@@ -47,7 +49,8 @@ class DataInfo:
     width: int
     levels: int  # 256 for 8-bit images, 2 for binarized ones
     num_classes: Optional[int]  # classes a conditional model can use; None when the data has none
-    domains: ClassVar[int] = 1  # image domains per example: 2 for unpaired translation data (UnpairedDataInfo)
+    # image domains per example: 2 for unpaired translation data (UnpairedDataInfo)
+    domains: ClassVar[int] = 1
 
     @property
     def num_dims(self) -> int:
@@ -78,8 +81,8 @@ class DatasetConfig:
 
     def problems(self, prefix: str) -> Iterator[str]:
         if self.binarize is Binarize.fixed and not self.has_fixed_binarization:
-            yield (f"{prefix}binarize=fixed is the standard binarized MNIST (Larochelle and Murray): use it with "
-                   f"dataset=mnist; static or dynamic binarize any 8-bit images")
+            yield (f"{prefix}binarize=fixed is the standard binarized MNIST (Larochelle and Murray): "
+                   f"use it with dataset=mnist; static or dynamic binarize any 8-bit images")
 
     def _square(self, channels: int, side: int, num_classes: Optional[int]) -> DataInfo:
         return DataInfo(channels, side, side, 256 if self.binarize is Binarize.none else 2, num_classes)
@@ -96,7 +99,10 @@ class OfficialDatasetConfig(DatasetConfig):
     def problems(self, prefix: str) -> Iterator[str]:
         yield from super().problems(prefix)
         root = resolve_root(self.root)
-        named = f"{prefix}root={self.root}" if self.root else f"the data folder {root} ($GENTRAIN_DATA or ./data)"
+        if self.root:
+            named = f"{prefix}root={self.root}"
+        else:
+            named = f"the data folder {root} ($GENTRAIN_DATA or ./data)"
         if root.exists() and not root.is_dir():
             yield f"{named} is not a folder"
         elif not root.exists() and not self.download:
@@ -111,15 +117,17 @@ class MNISTConfig(OfficialDatasetConfig):
 
     has_fixed_binarization: ClassVar[bool] = True
 
-    val_fraction: float = setting(0.1, above=0, below=1)  # share of the training split held out for validation
-    image_size: Optional[int] = setting(None, **IMAGE_SIZE)  # null keeps 28x28; 32 or 64 resizes (antialiased)
+    val_fraction: float = setting(0.1, above=0, below=1)  # of the training split, held out for validation
+    # null keeps 28x28; a side (32, 64) resizes with antialiasing
+    image_size: Optional[int] = setting(None, **IMAGE_SIZE)
     mirrors: list[str] = setting(factory=lambda: list(MNIST_MIRRORS), min_items=1, pattern=URL_PATTERN)
     binarized_url: str = setting(BINARIZED_MNIST_URL, pattern=URL_PATTERN)  # binarize=fixed: the .amat files
 
     def problems(self, prefix: str) -> Iterator[str]:
         yield from super().problems(prefix)
         if self.binarize is Binarize.fixed and self.image_size is not None:
-            yield f"{prefix}binarize=fixed keeps the published 28x28 binary images: leave {prefix}image_size null"
+            yield (f"{prefix}binarize=fixed keeps the published 28x28 binary images: "
+                   f"leave {prefix}image_size null")
 
     def data_info(self) -> DataInfo:
         if self.binarize is Binarize.fixed:
@@ -132,7 +140,7 @@ class MNISTConfig(OfficialDatasetConfig):
 class CIFAR10Config(OfficialDatasetConfig):
     """CIFAR-10, 32x32 colour, 50k train (10% held out for validation) + 10k test (cifar10.py)."""
 
-    val_fraction: float = setting(0.1, above=0, below=1)  # share of the training split held out for validation
+    val_fraction: float = setting(0.1, above=0, below=1)  # of the training split, held out for validation
     image_size: Optional[int] = setting(None, **IMAGE_SIZE)  # null keeps 32x32
     url: str = setting(CIFAR10_URL, pattern=URL_PATTERN)
 
@@ -167,7 +175,8 @@ class FolderConfig(DatasetConfig):
 
     path: str = setting(MISSING, path="dir")  # the image folder (required)
     image_size: int = setting(64, **IMAGE_SIZE)
-    crop: Optional[int] = setting(None, min=1, max=4096)  # centre crop side before resizing; null = the short side
+    # side of the centre crop before resizing; null = the short side
+    crop: Optional[int] = setting(None, min=1, max=4096)
     channels: int = setting(3, choices=(1, 3))  # 3 = RGB, 1 = greyscale
     val_fraction: float = setting(0.05, above=0, below=1)
     test_fraction: float = setting(0.05, above=0, below=1)
@@ -175,10 +184,12 @@ class FolderConfig(DatasetConfig):
     def problems(self, prefix: str) -> Iterator[str]:
         yield from super().problems(prefix)
         if self.val_fraction + self.test_fraction >= 1.0:
-            yield f"{prefix}val_fraction + {prefix}test_fraction must be below 1 (nothing would be left to train on)"
+            yield (f"{prefix}val_fraction + {prefix}test_fraction must be below 1 "
+                   f"(nothing would be left to train on)")
 
     def data_info(self) -> DataInfo:
-        from gentrain.data.folder import find_images  # listing the folder, no image decoded: are there classes?
+        # are there classes? A listing of the folder says, without decoding an image
+        from gentrain.data.folder import find_images
 
         _, _, classes = find_images(Path(self.path).expanduser().absolute())
         return self._square(self.channels, self.image_size, len(classes) or None)
@@ -187,7 +198,8 @@ class FolderConfig(DatasetConfig):
 class DomainPart(Enum):
     all = "all"
     first_half = "first_half"  # the first half of every split (by position)
-    second_half = "second_half"  # the rest: disjoint from first_half, so two sides of one dataset share no image
+    # the rest: disjoint from first_half, so the two sides of one dataset share no image
+    second_half = "second_half"
 
 
 class DomainSource(Enum):
@@ -227,9 +239,10 @@ class UnpairedConfig(DatasetConfig):
         from gentrain.registry import configs
 
         source = configs("dataset")[side.source.value]
-        shared = {"root": self.root, "download": self.download, "verify": self.verify, "channels": self.channels,
-                  "split_seed": self.split_seed, "path": side.path,
-                  "in_memory": "true"}  # a side is cut and inverted in memory; the pair follows self.in_memory
+        # a side is cut and inverted in memory (in_memory=true); the pair follows self.in_memory
+        shared = {"root": self.root, "download": self.download, "verify": self.verify,
+                  "channels": self.channels, "split_seed": self.split_seed, "path": side.path,
+                  "in_memory": "true"}
         if self.image_size is not None:
             shared["image_size"] = self.image_size
         names = {f.name for f in fields(source)}
@@ -239,7 +252,8 @@ class UnpairedConfig(DatasetConfig):
         from gentrain.config import problems
 
         if self.binarize is not Binarize.none:
-            yield f"{prefix}binarize={self.binarize.value}: unpaired domains stay 8-bit (binarize is not supported)"
+            yield (f"{prefix}binarize={self.binarize.value}: unpaired domains stay 8-bit "
+                   f"(binarize is not supported)")
             return
         infos = {}
         for name in ("a", "b"):

@@ -1,9 +1,9 @@
 """Images that stay on disk: uint8 (N, C, H, W) arrays in `.npy` files, read a batch at a time.
 
-`dataset.in_memory` chooses, for every dataset, between today's path (each split a tensor in memory, on the GPU
-when there is one) and this one (`DiskImages`: rows of a file read with pread when a batch needs them). Reads go
-through the page cache without mapping the file, so a streaming process's resident memory does not grow with
-the dataset; the operating system keeps what fits cached.
+`dataset.in_memory` chooses, for every dataset, between two paths. In memory, each split is a tensor (on the
+GPU when there is one). On disk (`DiskImages`), a batch's rows of a file are read with pread when it needs
+them. Those reads go through the page cache without mapping the file, so a streaming process's resident memory
+does not grow with the dataset; the operating system keeps what fits cached.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ class DiskImages:
     dtype = torch.uint8
     device = torch.device("cpu")
 
-    def __init__(self, path: Union[str, Path], rows: Optional[Tensor] = None, *, file: Optional["_OpenFile"] = None):
+    def __init__(self, path: Union[str, Path], rows: Optional[Tensor] = None, *,
+                 file: Optional["_OpenFile"] = None):
         self.path = Path(path)
         self.file = _OpenFile(self.path) if file is None else file  # shared by every view of the array
-        with os.fdopen(os.dup(self.file.fd), "rb") as f:  # the header, through the descriptor: the name may be gone
+        # the header is read through the descriptor, not the name: the name may be gone
+        with os.fdopen(os.dup(self.file.fd), "rb") as f:
             f.seek(0)
             try:
                 version = np.lib.format.read_magic(f)
@@ -44,7 +46,8 @@ class DiskImages:
                 raise DataError(f"{self.path} is not a readable .npy file ({err})") from None
             self.offset = f.tell()
         if dtype != np.uint8 or fortran_order or len(shape) != 4:
-            raise DataError(f"{self.path} holds {dtype} {shape}, expected C-ordered uint8 (N, C, H, W) images")
+            raise DataError(f"{self.path} holds {dtype} {shape}, expected C-ordered uint8 (N, C, H, W) "
+                            f"images")
         if os.fstat(self.file.fd).st_size < self.offset + int(np.prod(shape)):
             raise DataError(f"{self.path} is shorter than its header says (truncated?)")
         self.file_shape = tuple(int(s) for s in shape)
@@ -80,7 +83,8 @@ class DiskImages:
         return self.read(torch.as_tensor(key).cpu().long())
 
     def read(self, index: Tensor, pin: bool = False) -> Tensor:
-        """The rows `index` as a uint8 tensor (in pinned memory when asked, for non-blocking copies to a GPU)."""
+        """The rows `index` as a uint8 tensor; with `pin`, in pinned memory (for non-blocking copies to a
+        GPU)."""
         rows = index if self.rows is None else self.rows[index]
         out = torch.empty((len(rows), *self.file_shape[1:]), dtype=torch.uint8, pin_memory=pin)
         if len(rows) == 0:
@@ -133,8 +137,8 @@ def pixels(images: Union[Tensor, DiskImages]) -> Tensor:
 
 
 def available_memory() -> Optional[int]:
-    """Bytes free for the data: the host's MemAvailable (the GPU's free memory too, when there is one, where the
-    data would go), or None where /proc/meminfo is absent."""
+    """Bytes free for the data: the host's MemAvailable, or the GPU's free memory when there is a GPU (where
+    the data would go) and it is smaller; None when neither is known."""
     host = None
     try:
         with open("/proc/meminfo") as f:

@@ -1,10 +1,11 @@
 """dataset=unpaired: two image domains A and B for translation models (CycleGAN), each any other dataset, a
 half of one, a class subset or its inversion (255 - x).
 
-Each side is loaded as its source dataset with its own train / val / test splits, then cut down. The result's
-splits hold domain A in `images` and domain B in `other` (data/base.py: ImageSplit); training batches draw B in
-an order of its own (data/batches.py), so an image of A is never paired with one of B. The sides' labels are
-kept in their own datasets (`domains`) for the per-domain FID features, not given to the model.
+Each side is loaded as its source dataset with its own train / val / test splits, then cut down. The
+result's splits hold domain A in `images` and domain B in `other` (data/base.py: ImageSplit). Training
+batches draw B in an order of its own (data/batches.py), so an image of A is never paired with one of B.
+The sides' labels are kept in their own datasets (`domains`) for the per-domain FID features, not given to
+the model.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class UnpairedDataset(ImageDataset):
 def load_unpaired(cfg: UnpairedConfig, root: Path) -> ImageDataset:
     a, b = load_side(cfg, cfg.a, "a"), load_side(cfg, cfg.b, "b")
     if a.info.channels != b.info.channels or a.info.height != b.info.height or a.info.width != b.info.width:
-        raise DataError(f"dataset.a and dataset.b loaded images of different shapes: {a.describe()} / {b.describe()}")
+        raise DataError(f"dataset.a and dataset.b loaded images of different shapes: {a.describe()} / "
+                        f"{b.describe()}")
     splits = {name: ImageSplit(getattr(a, name).images, None, getattr(b, name).images)
               for name in ("train", "val", "test")}
-    return UnpairedDataset("unpaired", **splits, domains=(a, b), labels=(side_label(cfg.a), side_label(cfg.b)))
+    labels = (side_label(cfg.a), side_label(cfg.b))
+    return UnpairedDataset("unpaired", **splits, domains=(a, b), labels=labels)
