@@ -62,8 +62,8 @@ FAMILIES = {
                    "mse"),
     "vdm": Family(("experiment=cpu_vdm_mnist", "model.ode_likelihood=false", *PLAIN_TRAINER), 200, 50,
                   "bits_per_dim"),
-    "flow_matching": Family(("experiment=cpu_flow_matching_mnist", "trainer.final_images=1", *PLAIN_TRAINER), 200,
-                            50, "fm_loss"),
+    "flow_matching": Family(("experiment=cpu_flow_matching_mnist", "trainer.final_images=1", *PLAIN_TRAINER),
+                            200, 50, "fm_loss"),
 }
 EVAL_LIMIT = 2000
 

@@ -322,7 +322,8 @@ class GaussianPrediction(nn.Module):
 
 @pytest.mark.parametrize("prediction,dequantization", [(p, Dequantization.uniform) for p in Prediction]
                          + [(Prediction.eps, Dequantization.truncated_normal)])
-def test_the_probability_flow_likelihood_of_the_optimal_network_is_the_data_density(prediction, dequantization):
+def test_the_probability_flow_likelihood_of_the_optimal_network_is_the_data_density(prediction,
+                                                                                     dequantization):
     """model.ode_likelihood=true, for 8-bit 2x2 images of Gaussian pixels, one mean per class: with the
     closed-form network the ODE bound equals its expectation over the dequantization noise within 0.01
     bits/dim: with uniform noise, -log of the density at the first noise level (N(a mu, a^2 s^2 + 1 - a^2) per

@@ -203,9 +203,9 @@ def test_a_file_that_is_not_a_study_database_is_refused_in_one_line(tmp_path: Pa
     assert "sqlalche" not in message and file.read_bytes() == before
 
 
-@pytest.mark.parametrize("message, retried", [("database is locked", True), ("table studies already exists", True),
-                                               ("disk I/O error", False), ("attempt to write a readonly database",
-                                                                           False)])
+@pytest.mark.parametrize("message, retried", [
+    ("database is locked", True), ("table studies already exists", True),
+    ("disk I/O error", False), ("attempt to write a readonly database", False)])
 def test_only_a_lost_race_is_retried(message: str, retried: bool) -> None:
     """A sweep that lost the creation race, or the write lock SQLite refuses to wait for, tries again; a
     database that cannot be written fails at once."""

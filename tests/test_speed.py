@@ -114,7 +114,7 @@ def test_benchmark_script_compares_gentrain_with_the_plain_loop(tmp_path: Path, 
     row = [line for line in table.read_text().splitlines() if line.startswith("| vae_mlp_binarized_mnist")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
     ours, plain, ratio = float(cells[2]), float(cells[3]), float(cells[4])
-    # the table prints the ratio with two decimals: a slow window on a loaded machine gives e.g. 0.04 for 0.0366
+    # the table prints the ratio with two decimals: under load a ratio of 0.0366 is printed 0.04
     assert ours > 0 and plain > 0 and ratio == pytest.approx(ours / plain, rel=0.01, abs=0.005)
 
 

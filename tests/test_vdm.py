@@ -55,7 +55,8 @@ class OptimalEps(nn.Module):
 
 
 class DifferentiableOptimalEps(OptimalEps):
-    """OptimalEps without its shortcut through torch.unique, which autograd (the ODE's divergence) cannot take."""
+    """OptimalEps without its shortcut through torch.unique, which autograd (the ODE's divergence) cannot
+    take."""
 
     def forward(self, z: torch.Tensor, time: torch.Tensor, labels=None) -> torch.Tensor:
         return self.posterior_eps(z, time).to(z.dtype)
@@ -242,7 +243,8 @@ def test_the_decoder_normaliser_near_z0_is_the_sum_over_all_values(gamma_min):
     x0[0] = -1.0
     x0[1] = 1.0
     alpha, sigma = model.alpha_sigma(model.gamma_ends[0].expand(6), x0)
-    z0 = (alpha * x0 + sigma * torch.randn(x0.shape, generator=gen, dtype=torch.float64)).detach().requires_grad_()
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    z0 = (alpha * x0 + sigma * noise).detach().requires_grad_()
     windowed = model.decoder_term(x0, z0)
     a, s = model.alpha_sigma(model.gamma_ends[0].expand(6), x0)
     logits = -0.5 * ((z0[..., None] - a[..., None] * model.values) / s[..., None]) ** 2

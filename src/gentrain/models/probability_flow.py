@@ -70,23 +70,26 @@ class ProbabilityFlowLikelihood(ProbeStandardError):
         return None if self.data.num_dims <= EXACT_DIVERGENCE_MAX_DIMS else self.cfg.ode_probes
 
     @property
-    def first_level(self) -> tuple[float, float]:
-        """alpha and sigma of the ODE's first noise level, where the density of y is evaluated."""
+    def first_level(self) -> tuple[float, float, float]:
+        """alpha and sigma of the ODE's first noise level, where the density of y is evaluated, and the
+        half-width a of a pixel's cell (its bin scaled by alpha) in units of sigma."""
         flow = self.probability_flow
         log_alpha_bar = float(flow.schedule(torch.tensor([flow.t_data], dtype=torch.float64))[0])
-        return math.exp(0.5 * log_alpha_bar), math.sqrt(-math.expm1(log_alpha_bar))
+        alpha, sigma = math.exp(0.5 * log_alpha_bar), math.sqrt(-math.expm1(log_alpha_bar))
+        return alpha, sigma, alpha / (self.data.levels - 1) / sigma
 
     def dequantize(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """y ~ q(y | x) for the images x (B, C, H, W) and log q(y | x) (B,), float64 (see the module's doc)."""
+        """y ~ q(y | x) for the images x (B, C, H, W) and log q(y | x) (B,), both float64 (see the module's
+        doc)."""
         d = self.data
         width, centre = 2.0 / (d.levels - 1), self.scale(x).double()
         noise = torch.rand(x.shape, device=x.device).double()  # float32 draws: the same as earlier versions
         if self.cfg.ode_dequantization is Dequantization.uniform:
             return centre + (noise - 0.5) * width, centre.new_full(x.shape[:1], -d.num_dims * math.log(width))
-        alpha, sigma = self.first_level
-        a = alpha * width / (2 * sigma)  # the cell's half-width in units of sigma
+        alpha, sigma, a = self.first_level
         tail = float(torch.special.ndtr(torch.tensor(-a, dtype=torch.float64)))
-        e = torch.special.ndtri(tail + noise * (1 - 2 * tail)).clamp(-a, a)  # inverse CDF; noise = 0 gives -inf
+        # the inverse CDF; the clamp keeps noise = 0 (ndtri: -inf) in the cell
+        e = torch.special.ndtri(tail + noise * (1 - 2 * tail)).clamp(-a, a)
         log_q = ((-0.5 * e.square()).flatten(1).sum(1)
                  - d.num_dims * (0.5 * math.log(2 * math.pi) + math.log(sigma) + math.log1p(-2 * tail)))
         return alpha * centre + sigma * e, log_q
@@ -129,14 +132,14 @@ class ProbabilityFlowLikelihood(ProbeStandardError):
                       f"(ode_bits_per_dim_probe_se: the root mean square of the images' standard errors)")
         width = f"2/{d.levels - 1}"
         if cfg.ode_dequantization is Dequantization.uniform:
-            dequantization = (f"uniform dequantization within each pixel's bin, y = x + (noise - 1/2) {width}, "
-                              f"one noise sample per image, -log P(x) <= -log p(y) - D ln({width})")
+            dequantization = (f"uniform dequantization within each pixel's bin, y = x + (noise - 1/2) "
+                              f"{width}, one noise sample per image, -log P(x) <= -log p(y) - D ln({width})")
         else:
-            alpha, sigma = self.first_level
+            alpha, sigma, a = self.first_level
             dequantization = (
                 f"truncated-normal dequantization (Zheng et al. 2023), y = alpha x + sigma e with alpha = "
-                f"{alpha:.6g}, sigma = {sigma:.4g} of the first noise level and e ~ N(0, I) truncated to |e_i| <= "
-                f"alpha {width} / (2 sigma) = {alpha * (2 / (d.levels - 1)) / (2 * sigma):.4g}, one sample per "
+                f"{alpha:.6g}, sigma = {sigma:.4g} of the first noise level and e ~ N(0, I) truncated to "
+                f"|e_i| <= alpha {width} / (2 sigma) = {a:.4g}, one sample per "
                 f"image, -log P(x) <= -log p(y) + log q(y | x) (P(x): the mass on x's bin scaled by alpha)")
         return (f"test ode_bits_per_dim and ode_nll_nats (final pass): an upper bound on -log P(x) from the "
                 f"probability-flow ODE of the noise prediction (Song et al. 2021): {dequantization}; "
